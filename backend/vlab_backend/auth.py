@@ -1,0 +1,137 @@
+"""Accounts and credentials: argon2 password hashes, JWT access/refresh tokens, API tokens.
+
+On one machine the server writes a local admin API token to `<data dir>/local-admin.token`
+(mode 0600) so that the CLI and notebook kernels of the same user need no login.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vlab_backend.store.schema import ApiToken, User
+
+LOCAL_ADMIN_EMAIL = "admin@localhost"
+API_TOKEN_PREFIX = "vlab_"
+_hasher = PasswordHasher()
+
+
+class AuthError(Exception):
+    """A credential is missing, malformed, expired or revoked."""
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    if not password_hash:
+        return False
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_or_create_secret(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(48)
+    _write_private(path, secret)
+    return secret
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
+
+
+class TokenService:
+    """Issues and checks JWTs (HS256, signed with the server secret) and API tokens."""
+
+    def __init__(self, secret: str, access_minutes: int, refresh_days: int) -> None:
+        self._secret = secret
+        self._access = timedelta(minutes=access_minutes)
+        self._refresh = timedelta(days=refresh_days)
+
+    def issue(self, user: User, kind: str) -> str:
+        now = datetime.now(UTC)
+        lifetime = self._access if kind == "access" else self._refresh
+        claims = {"sub": str(user.id), "type": kind, "iat": now, "exp": now + lifetime,
+                  "jti": secrets.token_hex(8)}
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def user_id_from_jwt(self, token: str, kind: str) -> int:
+        try:
+            claims: dict[str, Any] = jwt.decode(token, self._secret, algorithms=["HS256"])
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError("token expired; log in again") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthError("invalid token") from exc
+        if claims.get("type") != kind:
+            raise AuthError(f"a {kind} token is required")
+        return int(claims["sub"])
+
+    def authenticate(self, session: Session, token: str) -> User:
+        """The user a bearer token (API token or JWT access token) belongs to."""
+        if token.startswith(API_TOKEN_PREFIX):
+            row = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_digest(token)))
+            if row is None or row.revoked:
+                raise AuthError("invalid or revoked API token")
+            user = session.get(User, row.user_id)
+        else:
+            user = session.get(User, self.user_id_from_jwt(token, "access"))
+        if user is None:
+            raise AuthError("unknown user")
+        return user
+
+
+def create_api_token(session: Session, user: User, name: str) -> str:
+    token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(user_id=user.id, name=name, token_hash=token_digest(token)))
+    return token
+
+
+def create_user(session: Session, email: str, password: str | None, is_admin: bool) -> User:
+    email = email.strip().lower()
+    if "@" not in email or len(email) > 320:
+        raise ValueError(f"not an e-mail address: {email!r}")
+    if session.scalar(select(User).where(User.email == email)) is not None:
+        raise ValueError(f"user {email} already exists")
+    if password is not None and len(password) < 8:
+        raise ValueError("password must have at least 8 characters")
+    user = User(email=email, is_admin=is_admin,
+                password_hash=hash_password(password) if password else None)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def ensure_local_admin(session: Session, credential_file: Path) -> None:
+    """Create the local admin and its API token file unless a valid one already exists."""
+    admin = session.scalar(select(User).where(User.email == LOCAL_ADMIN_EMAIL))
+    if admin is None:
+        admin = create_user(session, LOCAL_ADMIN_EMAIL, None, is_admin=True)
+    if credential_file.exists():
+        existing = credential_file.read_text().strip()
+        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_digest(existing)))
+        if row is not None and not row.revoked and row.user_id == admin.id:
+            return
+    token = create_api_token(session, admin, "local admin credential")
+    _write_private(credential_file, token)

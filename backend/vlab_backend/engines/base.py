@@ -1,0 +1,149 @@
+"""The engine adapter contract shared by the harness (which runs engines) and the API (which
+validates requests against what each engine declares).
+
+Adapters import their inference library lazily, in `load`, so that the API server can list
+engines and validate parameters without loading any of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+PARAMETER_TYPES = ("string", "integer", "number", "boolean", "enum")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """A run-time parameter an engine accepts, with its type and default."""
+
+    key: str
+    type: str
+    default: Any
+    description: str = ""
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+
+    def validate(self, value: Any) -> Any:
+        """The value coerced to the declared type; ValueError with a clear message if invalid."""
+        if self.type == "integer":
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ValueError(f"parameter {self.key!r} must be an integer")
+            try:
+                value = int(value)
+            except ValueError as exc:
+                raise ValueError(f"parameter {self.key!r} must be an integer") from exc
+        elif self.type == "number":
+            try:
+                value = float(value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"parameter {self.key!r} must be a number") from exc
+        elif self.type == "boolean":
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                value = value.lower() in ("true", "1")
+            if not isinstance(value, bool):
+                raise ValueError(f"parameter {self.key!r} must be true or false")
+        elif self.type in ("string", "enum"):
+            value = str(value)
+        if self.choices and value not in self.choices:
+            allowed = ", ".join(str(c) for c in self.choices)
+            raise ValueError(f"parameter {self.key!r} must be one of: {allowed}")
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"parameter {self.key!r} must be at least {self.minimum:g}")
+        return value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "type": self.type, "default": self.default,
+                "description": self.description, "choices": list(self.choices)}
+
+
+# Parameters the harness itself understands, whatever the engine.
+COMMON_PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("threads", "integer", 0, "intra-op threads; 0 = one per pinned core",
+                  minimum=0),
+    ParameterSpec("warmup_runs", "integer", 5, "untimed inferences before the timed ones",
+                  minimum=0),
+    ParameterSpec("warmup_min_s", "number", 0.2, "minimum warm-up time in seconds", minimum=0),
+    ParameterSpec("min_time_s", "number", 0.0,
+                  "keep running timed inferences until this many seconds have passed (TYPE1)",
+                  minimum=0),
+    ParameterSpec("seed", "integer", 0, "seed of the random inputs (TYPE1)", minimum=0),
+)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    display_name: str
+    formats: tuple[str, ...]
+    parameters: tuple[ParameterSpec, ...] = field(default_factory=tuple)
+
+    @property
+    def all_parameters(self) -> tuple[ParameterSpec, ...]:
+        return COMMON_PARAMETERS + self.parameters
+
+    @property
+    def file_extensions(self) -> list[str]:
+        return ["." + fmt for fmt in self.formats]
+
+    def validate_parameters(self, params: dict[str, Any]) -> dict[str, Any]:
+        declared = {p.key: p for p in self.all_parameters}
+        unknown = sorted(set(params) - set(declared))
+        if unknown:
+            raise ValueError(f"engine {self.name!r} has no parameter(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(declared))}")
+        return {key: declared[key].validate(value) for key, value in params.items()}
+
+    def resolved_parameters(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Every declared parameter, the given values over the defaults."""
+        values = {p.key: p.default for p in self.all_parameters}
+        values.update(self.validate_parameters(params))
+        return values
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+class EngineAdapter(ABC):
+    """Loads one model and runs it. `infer` is the only call the harness times."""
+
+    spec: ClassVar[EngineSpec]
+
+    @abstractmethod
+    def load(self, model_path: Path, params: dict[str, Any], threads: int) -> None: ...
+
+    @abstractmethod
+    def inputs(self) -> list[TensorSpec]: ...
+
+    @abstractmethod
+    def outputs(self) -> list[TensorSpec]: ...
+
+    @abstractmethod
+    def set_inputs(self, arrays: list[np.ndarray]) -> None:
+        """Bind the inputs of the next inference (not timed)."""
+
+    @abstractmethod
+    def infer(self) -> None:
+        """One inference: the engine call alone."""
+
+    @abstractmethod
+    def results(self) -> list[np.ndarray]:
+        """The outputs of the last inference (not timed)."""
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engine resources."""

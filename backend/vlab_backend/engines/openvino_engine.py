@@ -1,0 +1,73 @@
+"""OpenVINO on the CPU plugin; reads ONNX and TFLite models directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlab_backend.engines.base import EngineAdapter, EngineSpec, ParameterSpec, TensorSpec
+
+SPEC = EngineSpec(
+    name="openvino",
+    display_name="OpenVINO (CPU)",
+    formats=("onnx", "tflite"),
+    parameters=(
+        ParameterSpec("performance_hint", "enum", "LATENCY",
+                      "OpenVINO performance hint", choices=("LATENCY", "THROUGHPUT")),
+        ParameterSpec("inference_precision", "enum", "f32",
+                      "precision of floating-point inference", choices=("f32", "bf16", "f16")),
+    ),
+)
+
+
+class Adapter(EngineAdapter):
+    spec = SPEC
+
+    def load(self, model_path: Path, params: dict[str, Any], threads: int) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(model_path))
+        # Dynamic dimensions (usually the batch) are benchmarked at 1.
+        if any(p.get_partial_shape().is_dynamic for p in model.inputs):
+            model.reshape({p.get_any_name(): [d.get_length() if d.is_static else 1
+                                              for d in p.get_partial_shape()]
+                           for p in model.inputs})
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": params.get("performance_hint", "LATENCY"),
+            "INFERENCE_PRECISION_HINT": params.get("inference_precision", "f32"),
+        }
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self._compiled = core.compile_model(model, "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._version = ov.get_version()
+
+    def _specs(self, ports: Any) -> list[TensorSpec]:
+        return [TensorSpec(p.get_any_name(), tuple(int(d) for d in p.get_shape()),
+                           str(np.dtype(p.get_element_type().to_dtype())))
+                for p in ports]
+
+    def inputs(self) -> list[TensorSpec]:
+        return self._specs(self._compiled.inputs)
+
+    def outputs(self) -> list[TensorSpec]:
+        return self._specs(self._compiled.outputs)
+
+    def set_inputs(self, arrays: list[np.ndarray]) -> None:
+        import openvino as ov
+
+        for index, array in enumerate(arrays):
+            self._request.set_input_tensor(index, ov.Tensor(np.ascontiguousarray(array)))
+
+    def infer(self) -> None:
+        self._request.infer()
+
+    def results(self) -> list[np.ndarray]:
+        return [np.array(self._request.get_output_tensor(i).data)
+                for i in range(len(self._compiled.outputs))]
+
+    def version(self) -> str:
+        return self._version

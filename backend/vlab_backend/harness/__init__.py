@@ -1,0 +1,1 @@
+"""The measurement harness: runs one engine on one model and writes the dAIEdge report."""

@@ -1,0 +1,78 @@
+"""The timing loop. Only `adapter.infer()` sits between the two clock reads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlab_backend.engines.base import EngineAdapter
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class Timings:
+    warmup_runs: int = 0
+    warmup_s: float = 0.0
+    first_inference_s: float = 0.0
+    samples_s: list[float] = field(default_factory=list)
+
+
+def warm_up(adapter: EngineAdapter, inputs: list[np.ndarray], min_runs: int, min_s: float,
+            timings: Timings) -> None:
+    """Untimed runs until both `min_runs` and `min_s` are reached (the first run is recorded)."""
+    adapter.set_inputs(inputs)
+    clock = time.perf_counter
+    start = clock()
+    adapter.infer()
+    timings.first_inference_s = clock() - start
+    runs = 1
+    while runs < min_runs or clock() - start < min_s:
+        adapter.infer()
+        runs += 1
+    timings.warmup_runs = runs
+    timings.warmup_s = clock() - start
+
+
+def _progress_every(total: int) -> int:
+    return max(1, total // 100)
+
+
+def timed_runs(adapter: EngineAdapter, runs: int, min_time_s: float, timings: Timings,
+               progress: ProgressFn) -> None:
+    """TYPE1: the same bound inputs, at least `runs` inferences and `min_time_s` seconds."""
+    clock = time.perf_counter
+    infer = adapter.infer
+    samples = timings.samples_s
+    every = _progress_every(runs)
+    started = clock()
+    done = 0
+    while done < runs or clock() - started < min_time_s:
+        t0 = clock()
+        infer()
+        t1 = clock()
+        samples.append(t1 - t0)
+        done += 1
+        if done % every == 0:
+            progress("inference", done, runs)
+
+
+def dataset_runs(adapter: EngineAdapter, samples: Iterator[list[np.ndarray]], count: int,
+                 timings: Timings, sink: Callable[[list[np.ndarray]], None],
+                 progress: ProgressFn) -> None:
+    """TYPE2: one timed inference per dataset sample; outputs handed to `sink` untimed."""
+    clock = time.perf_counter
+    infer = adapter.infer
+    every = _progress_every(count)
+    for done, arrays in enumerate(samples, start=1):
+        adapter.set_inputs(arrays)
+        t0 = clock()
+        infer()
+        t1 = clock()
+        timings.samples_s.append(t1 - t0)
+        sink(adapter.results())
+        if done % every == 0:
+            progress("inference", done, count)

@@ -1,0 +1,67 @@
+"""Assembly of `report.json`: every documented dAIEdge key (with its published spelling), then ours."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from vlab_backend.harness.stats import latency_summary
+
+REPORT_VERSION = "1.0"
+
+# Keys of the dAIEdge report, in the published spelling; null where unknown on this target.
+DAIEDGE_KEYS = (
+    "version", "date", "target", "target_id", "version_tag", "inference_engine",
+    "model_file_name", "benchmark_type", "nb_infernece", "ram_size", "ram_peak", "flash_size",
+    "flash_usage", "load_cpu", "load_accelerator", "temperature", "ambiant_temperature",
+    "power_consumption", "enery_efficiency", "FLOPs", "inference_latency",
+)
+
+
+def build_report(*, context: dict[str, Any], samples_s: list[float], measured: dict[str, Any],
+                 model: dict[str, Any]) -> dict[str, Any]:
+    """`context`: target/engine identity; `measured`: timings and memory; `model`: intake facts."""
+    latency = latency_summary(samples_s)
+    mean = latency["mean"]
+    flops = model.get("flops") or None
+    ram_size = measured.get("ram_size")
+    peak = measured["peak_memory_bytes"]
+    report: dict[str, Any] = dict.fromkeys(DAIEDGE_KEYS)
+    report.update({
+        "version": REPORT_VERSION,
+        "date": datetime.now().strftime("%y-%m-%d %H:%M:%S"),
+        "target": context["target"],
+        "target_id": context["target_id"],
+        "version_tag": context["version_tag"],
+        "inference_engine": context["engine"],
+        "model_file_name": context["model_file_name"],
+        "benchmark_type": context["benchmark_type"],
+        "nb_infernece": len(samples_s),
+        "ram_size": ram_size,
+        "ram_peak": round(100.0 * peak / ram_size, 3) if ram_size else None,
+        "load_cpu": measured.get("load_cpu"),
+        "temperature": measured.get("temperature"),
+        # Operations per second achieved, as the dAIEdge report defines FLOPs.
+        "FLOPs": (flops / mean) if flops and mean else None,
+        "inference_latency": {**latency, "samples": samples_s},
+    })
+    report.update({
+        "nb_inference": len(samples_s),
+        "warmup_runs": measured["warmup_runs"],
+        "init_time_s": measured["init_time_s"],
+        "first_inference_s": measured["first_inference_s"],
+        "peak_memory_bytes": peak,
+        "memory_delta_bytes": measured["memory_delta_bytes"],
+        "model_size": model.get("size"),
+        "model_sha256": model.get("sha256"),
+        "nb_parameters_model": model.get("nb_parameters"),
+        "flops": flops,
+        "threads": measured["threads"],
+        "cpuset": measured["cpuset"],
+        "engine_version": measured["engine_version"],
+        "parameters": measured["parameters"],
+        "inputs": model.get("inputs"),
+        "outputs": model.get("outputs"),
+        "host": measured["host"],
+    })
+    return report

@@ -1,0 +1,59 @@
+"""TFLite intake through the LiteRT interpreter: tensors, parameters and a FLOPs estimate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlab_backend.engines.base import TensorSpec
+from vlab_backend.intake.inspect import ModelInfo, ModelRejected
+
+
+def _spec(detail: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(detail["name"], tuple(int(x) for x in detail["shape"]),
+                      str(np.dtype(detail["dtype"])))
+
+
+def inspect_tflite(path: Path, filename: str) -> ModelInfo:
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=1)
+        interpreter.allocate_tensors()
+    except Exception as exc:  # the interpreter raises ValueError/RuntimeError variants
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelRejected(f"{filename}: the TFLite model cannot be loaded: {message}") from exc
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    produced = {int(i) for op in ops for i in op["outputs"]}
+    graph_inputs = {d["index"] for d in interpreter.get_input_details()}
+    constants = {int(i) for op in ops for i in op["inputs"]
+                 if i >= 0 and int(i) not in produced and int(i) not in graph_inputs}
+
+    def numel(index: int) -> int:
+        return int(np.prod(tensors[index]["shape"], dtype=np.int64)) if index in tensors else 0
+
+    flops = 0
+    for op in ops:
+        outputs = [int(i) for i in op["outputs"] if i >= 0]
+        inputs = [int(i) for i in op["inputs"]]
+        out = numel(outputs[0]) if outputs else 0
+        name = op["op_name"]
+        if name == "CONV_2D" and len(inputs) > 1 and inputs[1] in tensors:
+            flops += 2 * out * int(np.prod(tensors[inputs[1]]["shape"][1:]))
+        elif name == "DEPTHWISE_CONV_2D" and len(inputs) > 1 and inputs[1] in tensors:
+            kh, kw = tensors[inputs[1]]["shape"][1:3]
+            flops += 2 * out * int(kh) * int(kw)
+        elif name == "FULLY_CONNECTED" and len(inputs) > 1 and inputs[1] in tensors:
+            flops += 2 * out * int(tensors[inputs[1]]["shape"][-1])
+        elif name not in ("RESHAPE", "DEQUANTIZE", "QUANTIZE", "CONCATENATION", "PAD"):
+            flops += out
+    return ModelInfo(
+        format="tflite",
+        inputs=[_spec(d) for d in interpreter.get_input_details()],
+        outputs=[_spec(d) for d in interpreter.get_output_details()],
+        nb_parameters=sum(numel(i) for i in constants),
+        flops=flops,
+    )

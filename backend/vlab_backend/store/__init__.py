@@ -1,0 +1,1 @@
+"""Persistence: the SQLAlchemy schema and the session factory."""
