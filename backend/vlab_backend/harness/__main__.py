@@ -116,15 +116,17 @@ def _load_parameters(path: str | None) -> dict[str, Any]:
 
 
 def _model_facts(model_path: Path) -> dict[str, Any]:
-    facts: dict[str, Any] = {"size": model_path.stat().st_size,
-                             "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest()}
-    try:
-        from vlab_backend.intake import inspect_model
-
-        info = inspect_model(model_path, model_path.name)
-        facts.update(nb_parameters=info.nb_parameters, flops=info.flops)
-    except Exception:  # facts are best effort; the engine decides what runs
-        pass
+    """Size and hash here; parameters and FLOPs from the platform's intake (VLAB_MODEL_FACTS),
+    so that no model analysis runs in the measured process."""
+    digest = hashlib.sha256()
+    with model_path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    facts: dict[str, Any] = {"size": model_path.stat().st_size, "sha256": digest.hexdigest()}
+    facts_file = os.environ.get("VLAB_MODEL_FACTS")
+    if facts_file and Path(facts_file).is_file():
+        known = json.loads(Path(facts_file).read_text())
+        facts.update(nb_parameters=known.get("nb_parameters"), flops=known.get("flops"))
     return facts
 
 

@@ -1,0 +1,81 @@
+"""Datasets, named `<uploaded file name>_<sha256>` as the dAIEdge client computes them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+
+from vlab_backend.api.state import AppState, StateDep, UserDep
+from vlab_backend.api.uploads import safe_filename, save_upload
+from vlab_backend.blobstore import sha256_file
+from vlab_backend.store.schema import Benchmark, Dataset, User
+from vlab_backend.submission import discard, visible
+
+router = APIRouter(tags=["datasets"])
+
+
+@router.get("/api/benchmarks/datasets")
+def list_datasets(state: StateDep, user: UserDep) -> list[str]:
+    with state.db.session() as session:
+        query = visible(select(Dataset.name), Dataset.owner_id, Dataset.public, user)
+        return sorted(set(session.scalars(query.order_by(Dataset.name))))
+
+
+@router.post("/api/benchmarks/datasets/upload", status_code=207)
+async def upload_dataset(state: StateDep, user: UserDep, dataset: UploadFile,
+                         hash: Annotated[str, Form(description="SHA-256 hex of the file")],
+                         ) -> JSONResponse:
+    """Store the file; it must match `hash`. Answers 207 as the dAIEdge client expects."""
+    declared = hash.strip().lower()
+    if len(declared) != 64 or any(c not in "0123456789abcdef" for c in declared):
+        raise HTTPException(400, "hash must be the SHA-256 hex digest of the file")
+    upload = await save_upload(dataset, state.settings.tmp_dir,
+                               state.settings.max_dataset_bytes, "dataset")
+    try:
+        name = await run_in_threadpool(_store, state, user, upload, dataset.filename, declared)
+    finally:
+        discard(upload)
+    return JSONResponse({"name": name}, status_code=207)
+
+
+def _store(state: AppState, user: User, upload: Any, filename: str | None, declared: str) -> str:
+    actual = sha256_file(upload)
+    if actual != declared:
+        raise HTTPException(400, f"the upload's SHA-256 is {actual}, not the declared {declared}")
+    size = upload.stat().st_size
+    if size == 0:
+        raise HTTPException(400, "the dataset is empty")
+    name = f"{safe_filename(filename, 'dataset.bin')}_{actual}"
+    with state.db.session() as session:
+        existing = session.scalar(select(Dataset).where(Dataset.owner_id == user.id,
+                                                        Dataset.name == name))
+        if existing is None:
+            state.scheduler.datasets.put(upload, actual)
+            session.add(Dataset(owner_id=user.id, name=name, sha256=actual, size=size))
+    return name
+
+
+@router.delete("/api/benchmarks/datasets/{name}")
+def delete_dataset(name: str, state: StateDep, user: UserDep) -> dict[str, Any]:
+    with state.db.session() as session:
+        dataset = session.scalar(select(Dataset).where(Dataset.owner_id == user.id,
+                                                       Dataset.name == name))
+        if dataset is None:
+            raise HTTPException(404, f"no dataset {name}")
+        in_use = session.scalar(select(Benchmark.id).where(
+            Benchmark.dataset_name == name, Benchmark.owner_id == user.id,
+            Benchmark.status.in_(("pending", "queued", "running"))))
+        if in_use:
+            raise HTTPException(409, f"dataset {name} is used by benchmark {in_use}, "
+                                     "which has not finished")
+        sha = dataset.sha256
+        session.delete(dataset)
+        session.flush()
+        still_used = session.scalar(select(Dataset.id).where(Dataset.sha256 == sha))
+    if still_used is None:
+        state.scheduler.datasets.remove(sha)
+    return {"name": name, "deleted": True}

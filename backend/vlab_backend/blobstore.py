@@ -1,0 +1,42 @@
+"""Content-addressed file store: each blob once, at `<root>/<sha256[:2]>/<sha256>`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError("not a sha256 digest")
+        return self.root / sha256[:2] / sha256
+
+    def put(self, source: Path, sha256: str | None = None) -> str:
+        """Move `source` (a file on the same filesystem) into the store; returns its digest."""
+        digest = sha256 or sha256_file(source)
+        target = self.path(digest)
+        if target.exists():
+            source.unlink()
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+        return digest
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def remove(self, sha256: str) -> None:
+        self.path(sha256).unlink(missing_ok=True)

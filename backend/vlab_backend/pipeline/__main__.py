@@ -1,0 +1,5 @@
+import sys
+
+from vlab_backend.pipeline.job import main
+
+sys.exit(main())

@@ -1,0 +1,203 @@
+"""Job specification and execution of the four target scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+STEPS = (
+    ("support", "AI_Support/support.sh"),
+    ("build", "AI_Build/build.sh"),
+    ("deploy", "AI_Deploy/deploy.sh"),
+    ("manager", "AI_Manager/manager.sh"),
+)
+OUT_DIR = "AI_Manager/out"
+SPEC_FILE = "job.json"
+RESULT_FILE = "pipeline.json"
+PROGRESS_FILE = "progress"
+
+
+@dataclass
+class JobSpec:
+    benchmark_id: str
+    repository: str
+    target: str
+    target_uid: str
+    engine: str
+    benchmark_type: str
+    nb_inference: int
+    model_path: str
+    model_filename: str
+    dataset_path: str | None = None
+    dataset_filename: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    version_tag: str = "v1.0.0"
+    cpuset: list[int] = field(default_factory=list)
+    step_timeouts_s: dict[str, int] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    model_facts: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, job_dir: Path) -> None:
+        (job_dir / SPEC_FILE).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def read(cls, job_dir: Path) -> JobSpec:
+        return cls(**json.loads((job_dir / SPEC_FILE).read_text()))
+
+
+def timestamped(filename: str) -> str:
+    """`model.onnx` -> `model_20261128203000.onnx`: unique per job, extension kept."""
+    path = Path(filename)
+    return f"{path.stem}_{datetime.now().strftime('%Y%m%d%H%M%S')}{path.suffix}"
+
+
+def functions_path() -> Path:
+    return Path(str(files("vlab_backend.pipeline")))
+
+
+def _prepare_workdir(spec: JobSpec, job_dir: Path) -> tuple[Path, dict[str, str]]:
+    work = job_dir / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(spec.repository, work, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git"))
+    (work / OUT_DIR).mkdir(parents=True, exist_ok=True)
+    model_name = timestamped(spec.model_filename)
+    shutil.copyfile(spec.model_path, work / model_name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLAB_TOKEN")}
+    env.update({
+        "TARGET": spec.target,
+        "TARGET_UID": spec.target_uid,
+        "RUNTIME": spec.engine,
+        "BENCHMARK_TYPE": spec.benchmark_type,
+        "NB_INFERENCE": str(spec.nb_inference),
+        "MODEL_FILENAME": model_name,
+        "VERSION_TAG": spec.version_tag,
+        "FUNCTIONS_PATH": str(functions_path()),
+        "VLAB_CPUSET": ",".join(str(c) for c in spec.cpuset),
+        "VLAB_PYTHON": sys.executable,
+        "VLAB_OUT_DIR": str(work / OUT_DIR),
+        "VLAB_PROGRESS_FILE": str(job_dir / PROGRESS_FILE),
+    })
+    for name in ("DATASET_FILENAME", "PARAMETERS_FILENAME", "ODT_CONFIG_FILENAME"):
+        env.pop(name, None)
+    if spec.dataset_path:
+        dataset_name = spec.dataset_filename or Path(spec.dataset_path).name
+        shutil.copyfile(spec.dataset_path, work / dataset_name)
+        env["DATASET_FILENAME"] = dataset_name
+    if spec.parameters:
+        (work / "parameters.json").write_text(json.dumps(spec.parameters))
+        env["PARAMETERS_FILENAME"] = "parameters.json"
+    if spec.model_facts:
+        facts = job_dir / "model_facts.json"
+        facts.write_text(json.dumps(spec.model_facts))
+        env["VLAB_MODEL_FACTS"] = str(facts)
+    env.update(spec.env)
+    return work, env
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        parent = psutil.Process(pid)
+        procs = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+
+
+def _run_step(script: Path, work: Path, env: dict[str, str], timeout_s: int,
+              log_path: Path) -> tuple[int, bool]:
+    """Exit code and whether the step ran out of time."""
+    command = [str(script)] if os.access(script, os.X_OK) else ["bash", str(script)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        try:
+            return proc.wait(timeout=timeout_s), False
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc.pid)
+            proc.wait()
+            return 124, True
+
+
+def _user_error(work: Path, message: str) -> None:
+    out = work / OUT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "error.log").open("a") as handle:
+        handle.write(f"[vlab] {message}\n")
+
+
+def run_pipeline(job_dir: Path) -> dict[str, Any]:
+    """Run the job in `job_dir` and write its result; returns the result."""
+    spec = JobSpec.read(job_dir)
+    if spec.cpuset:
+        os.sched_setaffinity(0, set(spec.cpuset))
+    logs = job_dir / "steps"
+    logs.mkdir(exist_ok=True)
+    result: dict[str, Any] = {"steps": [], "exit_code": 0, "message": "", "started": time.time()}
+    work = job_dir / "work"
+    try:
+        work, env = _prepare_workdir(spec, job_dir)
+    except OSError as exc:
+        result.update(exit_code=1, message=f"could not prepare the job: {exc}")
+        _finish(job_dir, result)
+        return result
+    for name, relative in STEPS:
+        script = work / relative
+        if not script.is_file():
+            message = f"{relative} is missing from the target repository"
+            _user_error(work, message)
+            result.update(exit_code=127, message=message)
+            break
+        limit = int(spec.step_timeouts_s.get(name, 3600))
+        started = time.monotonic()
+        code, timed_out = _run_step(script, work, env, limit, logs / f"{name}.log")
+        result["steps"].append({"step": name, "exit_code": code, "timed_out": timed_out,
+                                "seconds": round(time.monotonic() - started, 3)})
+        if code != 0:
+            message = (f"{relative} exceeded its time limit of {limit} s" if timed_out
+                       else f"{relative} failed with exit code {code}")
+            _user_error(work, message)
+            result.update(exit_code=code, message=message)
+            break
+    _finish(job_dir, result)
+    return result
+
+
+def _finish(job_dir: Path, result: dict[str, Any]) -> None:
+    result["finished"] = time.time()
+    tmp = job_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, job_dir / RESULT_FILE)
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    # Cancel: the runner signals the whole process group; leave without writing a result.
+    os._exit(143)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m vlab_backend.pipeline JOB_DIR", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    result = run_pipeline(Path(args[0]))
+    return 0 if result["exit_code"] == 0 else 1

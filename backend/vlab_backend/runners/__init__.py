@@ -1,0 +1,1 @@
+"""Runners execute a job spec somewhere: `local` (a pinned subprocess) or `nomad`."""

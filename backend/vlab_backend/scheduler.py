@@ -1,0 +1,301 @@
+"""The scheduler: a FIFO per target type, kept in the database, feeding free instances.
+
+A benchmark is `pending` while it waits for an instance, `queued` once an instance is
+reserved for it, `running` while its pipeline process lives, then `success`, `failed` or
+`canceled`. One benchmark holds an instance at a time. After a crash, `recover()` adopts the
+pipelines that still run, collects those that ended, and fails those that vanished, so every
+benchmark reaches one terminal state and none runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vlab_backend.artifacts import Outcome, collect
+from vlab_backend.blobstore import BlobStore
+from vlab_backend.config import Settings
+from vlab_backend.events import EventHub
+from vlab_backend.pipeline.job import PROGRESS_FILE, RESULT_FILE, JobSpec
+from vlab_backend.runners.local import LocalRunner, ProcessRef, read_pid_file
+from vlab_backend.store.database import Database
+from vlab_backend.store.schema import (
+    ACTIVE_STATUSES,
+    Benchmark,
+    Dataset,
+    StoredModel,
+    TargetInstance,
+)
+
+log = logging.getLogger("vlab.scheduler")
+
+
+def benchmark_event(bench: Benchmark) -> dict[str, Any]:
+    return {"event": "status", "status": bench.status, "message": bench.message,
+            "target_uid": bench.target_uid, "progress": {
+                "phase": bench.progress_phase, "done": bench.progress_done,
+                "total": bench.progress_total}}
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, db: Database, hub: EventHub,
+                 runner: LocalRunner | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.hub = hub
+        self.runner = runner or LocalRunner()
+        self.models = BlobStore(settings.models_dir)
+        self.datasets = BlobStore(settings.datasets_dir)
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refs: dict[str, ProcessRef] = {}
+        self._canceling: set[str] = set()
+        self._main: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.recover()
+        self._main = asyncio.create_task(self._dispatch_loop())
+
+    async def stop(self) -> None:
+        """Stop scheduling; running pipelines go on and are re-adopted at the next start."""
+        if self._main:
+            self._main.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def wake(self) -> None:
+        """Thread-safe request for a dispatch round."""
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    def job_dir(self, benchmark_id: str) -> Path:
+        return self.settings.jobs_dir / benchmark_id
+
+    def artifact_dir(self, benchmark_id: str) -> Path:
+        return self.settings.artifacts_dir / benchmark_id
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _publish(self, bench: Benchmark) -> None:
+        self.hub.publish(bench.id, benchmark_event(bench))
+
+    # -- dispatch --------------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                for bench_id, spec in self._assign():
+                    self._spawn(self._execute(bench_id, spec))
+            except Exception:  # keep scheduling whatever one round hit
+                log.exception("dispatch round failed")
+
+    def _assign(self) -> list[tuple[str, JobSpec]]:
+        """Reserve free instances for the oldest pending benchmarks of each target type."""
+        started: list[tuple[str, JobSpec]] = []
+        with self.db.session() as session:
+            busy = set(session.scalars(select(Benchmark.target_uid).where(
+                Benchmark.status.in_(ACTIVE_STATUSES))))
+            instances = session.scalars(select(TargetInstance).where(
+                TargetInstance.enabled.is_(True)).order_by(TargetInstance.uid)).all()
+            waiting = session.scalars(select(Benchmark).where(Benchmark.status == "pending")
+                                      .order_by(Benchmark.seq)).all()
+            for bench in waiting:
+                instance = next((i for i in instances if i.uid not in busy
+                                 and i.target_type == bench.target_type
+                                 and bench.engine in i.engines
+                                 and (not bench.requested_uids or i.uid in bench.requested_uids)),
+                                None)
+                if instance is None:
+                    continue
+                busy.add(instance.uid)
+                bench.status = "queued"
+                bench.target_uid = instance.uid
+                started.append((bench.id, self._job_spec(session, bench, instance)))
+                self._publish(bench)
+        return started
+
+    def _job_spec(self, session: Session, bench: Benchmark, instance: TargetInstance) -> JobSpec:
+        model = session.get(StoredModel, bench.model_id)
+        assert model is not None
+        offer = instance.engines[bench.engine]
+        dataset_path = dataset_filename = None
+        if bench.dataset_name:
+            dataset = session.scalar(select(Dataset).where(
+                Dataset.name == bench.dataset_name, Dataset.owner_id == bench.owner_id))
+            if dataset is not None:
+                dataset_path = str(self.datasets.path(dataset.sha256))
+                dataset_filename = dataset.name.rsplit("_", 1)[0] or "dataset.bin"
+        return JobSpec(
+            benchmark_id=bench.id, repository=offer.get("repository", ""),
+            target=instance.target_type, target_uid=instance.uid, engine=bench.engine,
+            benchmark_type=bench.benchmark_type, nb_inference=bench.nb_inference,
+            model_path=str(self.models.path(model.sha256)), model_filename=bench.model_filename,
+            dataset_path=dataset_path, dataset_filename=dataset_filename,
+            parameters=bench.parameters, cpuset=list(instance.cpuset),
+            step_timeouts_s=dict(self.settings.step_timeouts_s), env=dict(offer.get("env", {})),
+            model_facts={k: model.info.get(k) for k in ("nb_parameters", "flops")})
+
+    async def _execute(self, bench_id: str, spec: JobSpec) -> None:
+        job_dir = self.job_dir(bench_id)
+        try:
+            if job_dir.exists():
+                shutil.rmtree(job_dir)
+            job_dir.mkdir(parents=True)
+            spec.write(job_dir)
+            ref = await self.runner.start(job_dir, spec.cpuset)
+        except Exception as exc:
+            log.exception("could not start %s", bench_id)
+            self._finalize(bench_id, Outcome("failed", f"could not start the job: {exc}"))
+            return
+        self._refs[bench_id] = ref
+        if bench_id in self._canceling:
+            await self.runner.cancel(ref)
+        with self.db.session() as session:
+            bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
+            assert bench is not None
+            bench.pid, bench.pid_started_at = ref.pid, ref.started_at
+            bench.started_at = datetime.now(UTC)
+            if bench_id not in self._canceling:
+                bench.status = "running"
+            self._publish(bench)
+        await self._follow(bench_id, ref)
+
+    async def _follow(self, bench_id: str, ref: ProcessRef) -> None:
+        """Relay progress until the process ends, then collect the job."""
+        watcher = asyncio.create_task(self._watch_progress(bench_id))
+        try:
+            await self.runner.wait(ref)
+        finally:
+            watcher.cancel()
+        self._refs.pop(bench_id, None)
+        self._finalize_from_job_dir(bench_id)
+
+    async def _watch_progress(self, bench_id: str) -> None:
+        path = self.job_dir(bench_id) / PROGRESS_FILE
+        last = ""
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                text = path.read_text().strip()
+            except OSError:
+                continue
+            if text == last:
+                continue
+            last = text
+            try:
+                phase, done, total = text.split()
+                progress = {"phase": phase, "done": int(done), "total": int(total)}
+            except ValueError:
+                continue
+            self.hub.publish(bench_id, {"event": "progress", "status": "running",
+                                        "progress": progress})
+            with self.db.session() as session:
+                bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
+                if bench is not None and not bench.is_terminal:
+                    bench.progress_phase = phase
+                    bench.progress_done, bench.progress_total = int(done), int(total)
+
+    # -- completion ------------------------------------------------------------------------
+    def _finalize_from_job_dir(self, bench_id: str, interrupted: str = "") -> None:
+        with self.db.session() as session:
+            bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
+            assert bench is not None
+            benchmark_type = bench.benchmark_type
+        outcome = collect(self.job_dir(bench_id), self.artifact_dir(bench_id), benchmark_type,
+                          canceled=bench_id in self._canceling, interrupted=interrupted)
+        self._canceling.discard(bench_id)
+        self._finalize(bench_id, outcome)
+        shutil.rmtree(self.job_dir(bench_id), ignore_errors=True)
+
+    def _finalize(self, bench_id: str, outcome: Outcome) -> None:
+        with self.db.session() as session:
+            bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
+            assert bench is not None
+            bench.status = outcome.status
+            bench.message = outcome.message[:2000]
+            bench.artifacts = outcome.artifacts
+            bench.metrics = outcome.metrics
+            bench.finished_at = datetime.now(UTC)
+            if outcome.status == "success":
+                bench.progress_phase = "done"
+                bench.progress_done = bench.progress_total = outcome.metrics.get(
+                    "nb_inference") or bench.progress_total
+            self._publish(bench)
+        self.wake()
+
+    # -- cancel ----------------------------------------------------------------------------
+    async def cancel(self, bench_id: str) -> str:
+        """Cancel a benchmark; returns its status afterwards (terminal ones stay as they are)."""
+        with self.db.session() as session:
+            bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
+            assert bench is not None
+            if bench.is_terminal:
+                return bench.status
+            if bench.status == "pending":
+                bench.status, bench.message = "canceled", "canceled by the user"
+                bench.finished_at = datetime.now(UTC)
+                self._publish(bench)
+                return bench.status
+            self._canceling.add(bench_id)
+        ref = self._refs.get(bench_id)
+        if ref is not None:
+            await self.runner.cancel(ref)
+        return "canceled"
+
+    # -- recovery --------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Bring every benchmark left active by a previous server process to a known state."""
+        with self.db.session() as session:
+            active = session.scalars(select(Benchmark).where(
+                Benchmark.status.in_(ACTIVE_STATUSES))).all()
+            plans = [(b.id, b.pid, b.pid_started_at) for b in active]
+        for bench_id, pid, started_at in plans:
+            job_dir = self.job_dir(bench_id)
+            ref = ProcessRef(pid, started_at) if pid and started_at else read_pid_file(job_dir)
+            if ref is not None and ref.alive():
+                log.info("re-adopting running benchmark %s (pid %s)", bench_id, ref.pid)
+                self._refs[bench_id] = ref
+                self._mark_running(bench_id, ref)
+                self._spawn(self._follow(bench_id, ref))
+            elif ref is None and not (job_dir / RESULT_FILE).exists():
+                # Reserved but never started: safe to hand to the FIFO again.
+                self._requeue(bench_id)
+            else:
+                self._finalize_from_job_dir(
+                    bench_id, interrupted="the job's process ended while the server was down")
+        self.wake()
+
+    def _mark_running(self, bench_id: str, ref: ProcessRef) -> None:
+        with self.db.session() as session:
+            bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
+            assert bench is not None
+            bench.status, bench.pid, bench.pid_started_at = "running", ref.pid, ref.started_at
+
+    def _requeue(self, bench_id: str) -> None:
+        with self.db.session() as session:
+            bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
+            assert bench is not None
+            bench.status, bench.target_uid = "pending", None
+        shutil.rmtree(self.job_dir(bench_id), ignore_errors=True)
+
+
+def load_report(artifact_dir: Path) -> dict[str, Any] | None:
+    path = artifact_dir / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else None

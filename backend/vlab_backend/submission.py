@@ -1,0 +1,174 @@
+"""Validation and acceptance of benchmark submissions, shared by every API entry point.
+
+Everything is checked before anything is stored: a rejected submission leaves no trace.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from vlab_backend.blobstore import BlobStore
+from vlab_backend.engines import get_spec
+from vlab_backend.intake import ModelInfo, ModelRejected, inspect_model
+from vlab_backend.store.schema import Benchmark, Dataset, StoredModel, TargetInstance, User
+
+SUPPORTED_RUN_TYPES = ("TYPE1", "TYPE2")
+
+
+class SubmissionError(ValueError):
+    """A bad request; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class RunRequest:
+    target_type: str
+    engine: str
+    benchmark_type: str = "TYPE1"
+    nb_inference: int = 20
+    target_uids: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    dataset_name: str | None = None
+    model_ref: str | None = None
+    public: bool = False
+
+
+def model_ref(model: StoredModel) -> str:
+    return f"model-{model.id}"
+
+
+def visible(query: Any, column_owner: Any, column_public: Any, user: User) -> Any:
+    """Restrict a select to rows the user owns or that are public (admins see all)."""
+    if user.is_admin:
+        return query
+    return query.where(or_(column_owner == user.id, column_public.is_(True)))
+
+
+def check_request(session: Session, request: RunRequest, max_nb_inference: int) -> None:
+    """Target, engine, type, count and parameters: the checks that need no upload."""
+    instances = session.scalars(select(TargetInstance).where(
+        TargetInstance.target_type == request.target_type,
+        TargetInstance.enabled.is_(True))).all()
+    if not instances:
+        known = sorted(set(session.scalars(select(TargetInstance.target_type).where(
+            TargetInstance.enabled.is_(True)))))
+        raise SubmissionError(f"unknown target {request.target_type!r}; available targets: "
+                              f"{', '.join(known) or 'none'}", 404)
+    offering = [i for i in instances if request.engine in i.engines]
+    if not offering:
+        engines = sorted({e for i in instances for e in i.engines})
+        raise SubmissionError(f"engine {request.engine!r} is not available on "
+                              f"{request.target_type}; available: {', '.join(engines)}", 404)
+    if request.target_uids:
+        unknown = sorted(set(request.target_uids) - {i.uid for i in offering})
+        if unknown:
+            raise SubmissionError(f"unknown target instance(s) for {request.target_type} with "
+                                  f"{request.engine}: {', '.join(unknown)}", 404)
+        offering = [i for i in offering if i.uid in request.target_uids]
+    if request.benchmark_type not in ("TYPE1", "TYPE2", "TYPE3", "TYPE4"):
+        raise SubmissionError(f"unknown benchmark type {request.benchmark_type!r}; "
+                              "expected TYPE1 or TYPE2")
+    supported = {t for i in offering for t in i.engines[request.engine].get("supported_types", [])}
+    if request.benchmark_type not in supported or request.benchmark_type not in \
+            SUPPORTED_RUN_TYPES:
+        raise SubmissionError(f"{request.target_type} with {request.engine} does not support "
+                              f"{request.benchmark_type}; supported: "
+                              f"{', '.join(sorted(supported & set(SUPPORTED_RUN_TYPES)))}")
+    if not 1 <= request.nb_inference <= max_nb_inference:
+        raise SubmissionError(f"nb_inference must be between 1 and {max_nb_inference}")
+    try:
+        request.parameters = get_spec(request.engine).validate_parameters(request.parameters)
+    except ValueError as exc:
+        raise SubmissionError(str(exc)) from exc
+    if request.benchmark_type == "TYPE2" and not request.dataset_name:
+        raise SubmissionError("TYPE2 needs a dataset (dataset_name)")
+
+
+def intake_upload(path: Path, filename: str, engine: str) -> ModelInfo:
+    """Inspect an uploaded model and check that the engine runs its format."""
+    try:
+        info = inspect_model(path, filename)
+    except ModelRejected as exc:
+        raise SubmissionError(str(exc)) from exc
+    spec = get_spec(engine)
+    if info.format not in spec.formats:
+        raise SubmissionError(f"engine {engine} cannot run {info.format} models "
+                              f"(it runs: {', '.join(spec.file_extensions)})")
+    return info
+
+
+def store_model(session: Session, store: BlobStore, user: User, upload: Path, filename: str,
+                info: ModelInfo, sha256: str) -> StoredModel:
+    existing = session.scalar(select(StoredModel).where(
+        StoredModel.owner_id == user.id, StoredModel.sha256 == sha256,
+        StoredModel.filename == filename))
+    if existing is not None:
+        upload.unlink(missing_ok=True)
+        return existing
+    store.put(upload, sha256)
+    model = StoredModel(owner_id=user.id, sha256=sha256, filename=filename, format=info.format,
+                        size=store.path(sha256).stat().st_size, info=info.as_dict())
+    session.add(model)
+    session.flush()
+    return model
+
+
+def resolve_model_ref(session: Session, user: User, ref: str) -> StoredModel:
+    model = None
+    if ref.startswith("model-") and ref[6:].isdigit():
+        query = visible(select(StoredModel).where(StoredModel.id == int(ref[6:])),
+                        StoredModel.owner_id, StoredModel.public, user)
+        model = session.scalar(query)
+    if model is None:
+        raise SubmissionError(f"unknown model reference {ref!r}", 404)
+    return model
+
+
+def resolve_dataset(session: Session, user: User, name: str) -> Dataset:
+    query = visible(select(Dataset).where(Dataset.name == name), Dataset.owner_id,
+                    Dataset.public, user)
+    dataset = session.scalars(query).first()
+    if dataset is None:
+        raise SubmissionError(f"unknown dataset {name!r}; upload it first", 404)
+    return dataset
+
+
+def check_dataset_fits(dataset: Dataset, info: ModelInfo) -> None:
+    sample = info.input_bytes
+    if sample <= 0 or dataset.size == 0 or dataset.size % sample:
+        raise SubmissionError(
+            f"dataset {dataset.name} has {dataset.size} bytes, which is not a multiple of the "
+            f"model's input size ({sample} bytes per sample: "
+            + ", ".join(f"{t.name} {list(t.shape)} {t.dtype}" for t in info.inputs) + ")")
+
+
+def create_benchmark(session: Session, user: User, request: RunRequest,
+                     model: StoredModel) -> Benchmark:
+    bench = Benchmark(
+        id=secrets.token_hex(8), owner_id=user.id, target_type=request.target_type,
+        engine=request.engine, benchmark_type=request.benchmark_type,
+        nb_inference=request.nb_inference, requested_uids=request.target_uids,
+        parameters=request.parameters, model_id=model.id, model_filename=model.filename,
+        model_sha256=model.sha256, dataset_name=request.dataset_name, status="pending",
+        public=request.public)
+    session.add(bench)
+    session.flush()
+    return bench
+
+
+def discard(path: Path | None) -> None:
+    if path is not None:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,309 @@
+"""The `vlab` command. User mistakes print one line on stderr and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import getpass
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vlab_kernel.client import VlabClient, VlabError, connect
+from vlab_kernel.connection import resolve
+from vlab_kernel.progress import ProgressPrinter
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs."""
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise UsageError(f"--param expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        return "" if value is None else str(value)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vlab_backend.api import create_app
+    from vlab_backend.config import Settings
+    from vlab_backend.targets import TargetConfigError, load_target_config
+
+    settings = Settings(host=args.host, port=args.port, runner=args.runner)
+    if args.data_dir:
+        settings.data_dir = Path(args.data_dir).expanduser()
+    if args.targets:
+        settings.targets_file = Path(args.targets)
+        try:
+            load_target_config(settings.targets_file)
+        except TargetConfigError as exc:
+            raise UsageError(str(exc)) from exc
+    if args.runner != "local":
+        raise UsageError(f"runner {args.runner!r} is not available in this version; use 'local'")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+                log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    with connect() as client:
+        targets = client.targets()
+    if args.json:
+        print(json.dumps(targets, indent=1))
+        return 0
+    rows = []
+    for target in targets:
+        for instance in target["instances"]:
+            rows.append({
+                "target": target["target"], "instance": instance["target_uid"],
+                "state": instance["state"], "cores": ",".join(map(str, instance["cpuset"])),
+                "engines": ", ".join(f"{name} ({'/'.join(e['supported_types'])})"
+                                     for name, e in instance["engines"].items()),
+                "queue": target["queue_length"]})
+    print(_table(rows, ["target", "instance", "state", "cores", "engines", "queue"]))
+    return 0
+
+
+def _summary(report: dict[str, Any]) -> str:
+    latency = report["inference_latency"]
+    ms = 1e3
+    return "\n".join([
+        f"{report['model_file_name']} on {report['target_id']} with {report['inference_engine']} "
+        f"{report.get('engine_version', '')} ({report['benchmark_type']}, "
+        f"{report['nb_inference']} inferences, {report.get('threads')} thread(s))",
+        f"  latency  mean {latency['mean'] * ms:.3f} ms  median {latency['median'] * ms:.3f} ms"
+        f"  p90 {latency['p90'] * ms:.3f} ms  p99 {latency['p99'] * ms:.3f} ms"
+        f"  min {latency['min'] * ms:.3f} ms  max {latency['max'] * ms:.3f} ms",
+        f"  memory   peak {report['peak_memory_bytes'] / 2**20:.1f} MiB  "
+        f"delta {report['memory_delta_bytes'] / 2**20:.1f} MiB",
+        f"  model    {report.get('model_size') or 0} bytes  "
+        f"{report.get('nb_parameters_model') or 0:,} parameters  "
+        f"{(report.get('flops') or 0) / 1e6:,.1f} MFLOPs/inference",
+        f"  startup  load {report['init_time_s'] * ms:.1f} ms  first inference "
+        f"{report['first_inference_s'] * ms:.3f} ms",
+    ])
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    params = dict(_parse_param(p) for p in args.param or [])
+    model = args.model
+    if not str(model).startswith("model-") and not Path(model).is_file():
+        raise UsageError(f"model file {model} not found")
+    dataset = Path(args.dataset) if args.dataset else None
+    if dataset is not None and not dataset.is_file():
+        raise UsageError(f"dataset file {dataset} not found")
+    benchmark_type = args.type or ("TYPE2" if dataset else "TYPE1")
+    with connect() as client:
+        bench_id = client.submit(model, args.target, args.engine, runs=args.runs,
+                                 benchmark_type=benchmark_type, dataset=dataset, params=params,
+                                 public=args.public)
+        if args.no_wait:
+            print(json.dumps({"id": bench_id}) if args.json else bench_id)
+            return 0
+        show = sys.stderr.isatty() and not args.json
+        printer = ProgressPrinter(bench_id) if show else None
+        try:
+            final = client.wait(bench_id, printer.update if printer else None)
+        except KeyboardInterrupt:
+            client.cancel(bench_id)
+            raise UsageError(f"interrupted: benchmark {bench_id} canceled") from None
+        finally:
+            if printer:
+                printer.close()
+        if final["status"] != "success":
+            detail = client.log(bench_id, "error-log").strip() if "error_log" in \
+                final["artifacts"] else ""
+            if detail:
+                print(detail, file=sys.stderr)
+            raise UsageError(f"benchmark {bench_id} {final['status']}: "
+                             f"{final['message'] or 'see its error log'}")
+        report = client.report(bench_id)
+    if report is None:
+        raise UsageError(f"benchmark {bench_id} finished without a report")
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"benchmark {bench_id}: success")
+        print(_summary(report))
+    return 0
+
+
+RESULT_COLUMNS = ["id", "status", "target", "engine", "model", "benchmark_type", "nb_inference",
+                  "latency_mean_s", "latency_p90_s", "peak_memory_bytes", "created_at"]
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    with connect() as client:
+        rows = client.results(target=args.target, engine=args.engine, model=args.model,
+                              status=args.status)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif args.csv:
+        columns = sorted({k for r in rows for k in r}, key=lambda c: (
+            RESULT_COLUMNS.index(c) if c in RESULT_COLUMNS else len(RESULT_COLUMNS), c))
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        print(_table(rows, RESULT_COLUMNS) if rows else "no benchmarks yet")
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from vlab_backend.auth import create_user
+    from vlab_backend.config import Settings
+    from vlab_backend.store.database import Database
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    settings = Settings()
+    settings.ensure_dirs()
+    db = Database(settings.db_url)
+    db.create_all()
+    try:
+        with db.session() as session:
+            create_user(session, args.email, password, is_admin=args.admin)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        db.dispose()
+    print(f"user {args.email.strip().lower()} added" + (" (admin)" if args.admin else ""))
+    return 0
+
+
+def _backend_reachable(client: VlabClient) -> bool:
+    try:
+        client.status()
+        return True
+    except VlabError:
+        return False
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """JupyterLab with the embedded backend (started here unless one answers at VLAB_URL)."""
+    backend = None
+    with connect() as client:
+        if not _backend_reachable(client):
+            url = resolve().url
+            port = url.rsplit(":", 1)[-1].split("/")[0]
+            backend = subprocess.Popen([sys.executable, "-m", "vlab_kernel.cli", "serve",
+                                        "--port", port, "--log-level", "warning"])
+            for _ in range(300):
+                if _backend_reachable(client) or backend.poll() is not None:
+                    break
+                time.sleep(0.1)
+            if not _backend_reachable(client):
+                backend.terminate()
+                raise UsageError(f"the embedded backend did not start on {url}")
+            print(f"VLab backend running at {url}", file=sys.stderr)
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "explore.ipynb"
+    command = [sys.executable, "-m", "jupyterlab", *args.jupyter_args]
+    if notebook.is_file() and not args.jupyter_args:
+        command.append(str(notebook))
+    try:
+        return subprocess.call(command, env=os.environ.copy())
+    finally:
+        if backend is not None:
+            backend.terminate()
+            backend.wait(timeout=10)
+
+
+# -- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlab", description="VLab workbench: benchmark AI "
+                                     "models on edge targets")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API and the scheduler")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--data-dir")
+    serve.add_argument("--runner", default="local", choices=["local", "nomad"])
+    serve.add_argument("--targets", help="dAIEdge target configuration file (JSON)")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    lab = sub.add_parser("lab", help="JupyterLab with the embedded backend")
+    lab.add_argument("jupyter_args", nargs=argparse.REMAINDER)
+    lab.set_defaults(func=cmd_lab)
+
+    targets = sub.add_parser("targets", help="targets, instances, engines and their state")
+    targets.add_argument("--json", action="store_true")
+    targets.set_defaults(func=cmd_targets)
+
+    bench = sub.add_parser("bench", help="benchmark a model")
+    bench.add_argument("model", help="model file (.onnx, .tflite) or a stored model-N reference")
+    bench.add_argument("--target", required=True)
+    bench.add_argument("--engine", required=True)
+    bench.add_argument("--type", choices=["TYPE1", "TYPE2"])
+    bench.add_argument("--dataset", help="raw dataset file (TYPE2)")
+    bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--param", action="append", metavar="KEY=VALUE")
+    bench.add_argument("--public", action="store_true", help="let every user see the result")
+    bench.add_argument("--json", action="store_true", help="print only the report JSON")
+    bench.add_argument("--no-wait", action="store_true", help="submit and print the id")
+    bench.set_defaults(func=cmd_bench)
+
+    results = sub.add_parser("results", help="benchmark history")
+    results.add_argument("--target")
+    results.add_argument("--engine")
+    results.add_argument("--model")
+    results.add_argument("--status")
+    fmt = results.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    results.set_defaults(func=cmd_results)
+
+    user = sub.add_parser("user", help="accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    add = user_sub.add_parser("add", help="add a user (password read from stdin)")
+    add.add_argument("email")
+    add.add_argument("--admin", action="store_true")
+    add.set_defaults(func=cmd_user_add)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except (UsageError, VlabError) as exc:
+        print(f"vlab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""A thin typed client over the VLab HTTP API (httpx), shared by the CLI and notebooks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from vlab_kernel.connection import Connection, resolve
+
+TERMINAL = ("success", "failed", "canceled")
+
+
+class VlabError(Exception):
+    """An error answered by the server (with its message) or a connection problem."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            return str(body.get("error") or body.get("detail") or body)
+    except ValueError:
+        pass
+    return response.text.strip() or response.reason_phrase
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class VlabClient:
+    def __init__(self, connection: Connection | None = None, timeout: float = 60.0) -> None:
+        self.connection = connection or resolve()
+        headers = {"Authorization": f"Bearer {self.connection.token}"} \
+            if self.connection.token else {}
+        self._http = httpx.Client(base_url=self.connection.url, headers=headers,
+                                  timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> VlabClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise VlabError(f"cannot reach the VLab API at {self.connection.url} "
+                            "(start it with `vlab serve`)") from exc
+        except httpx.HTTPError as exc:
+            raise VlabError(f"request to {self.connection.url}{path} failed: {exc}") from exc
+        if response.status_code >= 400:
+            raise VlabError(_message(response), response.status_code)
+        return response
+
+    def get_json(self, path: str, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return self.request("GET", path, params=clean).json()
+
+    # -- API ---------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get_json("/api/benchmarks/status")
+        return result
+
+    def targets(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.get_json("/api/targets/overview")["targets"]
+        return result
+
+    def config(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get_json("/api/benchmarks/config")
+        return result
+
+    def ensure_dataset(self, path: Path) -> str:
+        """Upload the dataset unless the server has it; returns its `<name>_<sha256>` ref."""
+        ref = f"{path.name}_{file_sha256(path)}"
+        if ref not in self.get_json("/api/benchmarks/datasets"):
+            with path.open("rb") as handle:
+                self.request("POST", "/api/benchmarks/datasets/upload",
+                             data={"hash": ref.rsplit("_", 1)[1]},
+                             files={"dataset": (path.name, handle)})
+        return ref
+
+    def submit(self, model: Path | str, target: str, engine: str, *, runs: int = 20,
+               benchmark_type: str = "TYPE1", dataset: Path | None = None,
+               params: dict[str, Any] | None = None, target_uids: list[str] | None = None,
+               public: bool = False) -> str:
+        """Submit a benchmark of a model file or a stored model reference; returns its id."""
+        data: dict[str, Any] = {"device": target, "engine": engine, "nb_inference": str(runs),
+                                "benchmark_type": benchmark_type, "public": str(public).lower()}
+        if params:
+            data["parameters"] = json.dumps(params)
+        if target_uids:
+            data["target_uids"] = json.dumps(target_uids)
+        if dataset is not None:
+            data["dataset_name"] = self.ensure_dataset(dataset)
+        model_path = Path(model) if not str(model).startswith("model-") else None
+        if model_path is None:
+            data["model_ref"] = str(model)
+            return str(self.request("POST", "/api/benchmarks/run", data=data).json()["id"])
+        if not model_path.is_file():
+            raise VlabError(f"model file {model_path} not found")
+        with model_path.open("rb") as handle:
+            response = self.request("POST", "/api/benchmarks/run", data=data,
+                                    files={"model": (model_path.name, handle)})
+        return str(response.json()["id"])
+
+    def benchmark(self, bench_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get_json(f"/api/benchmarks/{bench_id}")
+        return result
+
+    def events(self, bench_id: str) -> Iterator[dict[str, Any]]:
+        """Server-sent events of one benchmark, until it reaches a terminal state."""
+        try:
+            with self._http.stream("GET", f"/api/benchmarks/{bench_id}/events",
+                                   timeout=httpx.Timeout(60.0, read=None)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise VlabError(_message(response), response.status_code)
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        yield json.loads(line[6:])
+        except httpx.ConnectError as exc:
+            raise VlabError(f"cannot reach the VLab API at {self.connection.url}") from exc
+
+    def wait(self, bench_id: str,
+             on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Follow the benchmark's events until it ends; returns its final description."""
+        for event in self.events(bench_id):
+            if on_event is not None:
+                on_event(event)
+            if event.get("event") == "status" and event.get("status") in TERMINAL:
+                break
+        return self.benchmark(bench_id)
+
+    def report(self, bench_id: str) -> dict[str, Any] | None:
+        response = self.request("GET", f"/api/benchmarks/{bench_id}/results")
+        return response.json() if response.status_code == 200 else None
+
+    def log(self, bench_id: str, which: str = "error-log") -> str:
+        response = self.request("GET", f"/api/benchmarks/{bench_id}/{which}")
+        return response.text if response.status_code == 200 else ""
+
+    def cancel(self, bench_id: str) -> str:
+        return str(self.request("POST", f"/api/benchmarks/{bench_id}/cancel").json()["status"])
+
+    def results(self, **filters: Any) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.get_json("/api/results", **filters)
+        return result
+
+
+def connect(url: str | None = None, token: str | None = None) -> VlabClient:
+    """A client for the backend found from the arguments, the environment or the local
+    credential."""
+    return VlabClient(resolve(url, token))
