@@ -36,7 +36,8 @@ class Settings:
         default_factory=lambda: _env_int("VLAB_MAX_MODEL_BYTES", 512 * 1024 * 1024))
     max_dataset_bytes: int = field(
         default_factory=lambda: _env_int("VLAB_MAX_DATASET_BYTES", 1024 * 1024 * 1024))
-    max_nb_inference: int = field(default_factory=lambda: _env_int("VLAB_MAX_NB_INFERENCE", 100_000))
+    max_nb_inference: int = field(
+        default_factory=lambda: _env_int("VLAB_MAX_NB_INFERENCE", 100_000))
     step_timeouts_s: dict[str, int] = field(default_factory=lambda: {
         "support": _env_int("VLAB_TIMEOUT_SUPPORT_S", 300),
         "build": _env_int("VLAB_TIMEOUT_BUILD_S", 900),

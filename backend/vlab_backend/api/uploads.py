@@ -3,6 +3,7 @@ into the data dir's tmp folder (never elsewhere) under a per-kind size limit."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -59,11 +60,11 @@ async def _reject(send: Send, limit: int) -> None:
 
 async def save_upload(upload: UploadFile, tmp_dir: Path, limit: int, what: str) -> Path:
     """Copy an uploaded part to a new file in `tmp_dir`; UploadTooLarge past `limit` bytes."""
-    handle = tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False, prefix="upload-")
-    path = Path(handle.name)
+    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
+    path = Path(name)
     written = 0
     try:
-        with handle:
+        with os.fdopen(fd, "wb") as handle:
             while chunk := await upload.read(CHUNK):
                 written += len(chunk)
                 if written > limit:

@@ -1,4 +1,4 @@
-"""Assembly of `report.json`: every documented dAIEdge key (with its published spelling), then ours."""
+"""Assembly of `report.json`: every documented dAIEdge key (published spelling), then ours."""
 
 from __future__ import annotations
 

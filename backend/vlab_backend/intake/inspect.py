@@ -65,7 +65,9 @@ def detect_format(filename: str, head: bytes) -> str:
 
 
 def inspect_model(path: Path, filename: str) -> ModelInfo:
-    """Check the model at `path` (uploaded as `filename`) and describe it, or raise ModelRejected."""
+    """Check the model at `path` (uploaded as `filename`) and describe it.
+
+    Raises ModelRejected with a message fit for the user."""
     with path.open("rb") as handle:
         head = handle.read(16)
     if not head:

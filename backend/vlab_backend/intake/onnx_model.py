@@ -125,8 +125,9 @@ def _estimate_flops(model: onnx.ModelProto, shapes: dict[str, Shape]) -> int:
             k = a[0] if transposed and len(a) == 2 else a[-1]
             total += 2 * _numel(out) * k
         elif op in ("MaxPool", "AveragePool"):
-            kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), [1])
-            total += _numel(out) * _numel(tuple(kernel))
+            window = next((tuple(a.ints) for a in node.attribute if a.name == "kernel_shape"),
+                          (1,))
+            total += _numel(out) * _numel(window)
         elif op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum"):
             total += _numel(shapes.get(node.input[0]))
         elif op not in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity",

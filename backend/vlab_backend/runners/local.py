@@ -7,6 +7,7 @@ re-adopts it on restart from the pid recorded in the database and in the job dir
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -72,10 +73,8 @@ class LocalRunner:
         deadline = asyncio.get_running_loop().time() + grace_s
         while ref.alive() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(ref.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def read_pid_file(job_dir: Path) -> ProcessRef | None:

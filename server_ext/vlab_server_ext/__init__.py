@@ -1,0 +1,1 @@
+"""Jupyter server extension of the VLab workbench."""

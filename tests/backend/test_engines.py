@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from vlab_backend.engines import create_adapter, engine_specs, get_spec
+
+
+def test_builtin_engines_are_registered() -> None:
+    specs = engine_specs()
+    assert {"onnxruntime", "openvino", "tflite"} <= set(specs)
+    assert specs["onnxruntime"].formats == ("onnx",)
+    assert "tflite" in specs["openvino"].formats
+
+
+def test_unknown_engine_names_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="known engines: onnxruntime, openvino, tflite"):
+        get_spec("tensorrt")
+    with pytest.raises(KeyError):
+        create_adapter("tensorrt")
+
+
+def test_parameters_are_validated_against_declared_types() -> None:
+    spec = get_spec("onnxruntime")
+    assert spec.validate_parameters({"threads": "2", "graph_optimization_level": "basic"}) == {
+        "threads": 2, "graph_optimization_level": "basic"}
+    with pytest.raises(ValueError, match="must be an integer"):
+        spec.validate_parameters({"threads": "many"})
+    with pytest.raises(ValueError, match="must be one of"):
+        spec.validate_parameters({"graph_optimization_level": "max"})
+    with pytest.raises(ValueError, match="has no parameter"):
+        spec.validate_parameters({"use_xnnpack": True})
+    with pytest.raises(ValueError, match="at least 0"):
+        spec.validate_parameters({"threads": -1})
+    assert get_spec("tflite").validate_parameters({"use_xnnpack": "false"}) == {
+        "use_xnnpack": False}

@@ -1,0 +1,112 @@
+"""The measurement harness, run as the target scripts run it: a process of its own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests.models import two_input_model
+from vlab_backend.harness.report import DAIEDGE_KEYS
+
+
+def run_harness(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vlab_backend.harness", "--out",
+                           str(tmp_path / "out"), *args], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", **env}, timeout=300)
+
+
+def report_of(tmp_path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((tmp_path / "out" / "report.json").read_text())
+    return data
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_type1_report_has_every_key(tmp_path: Path, squeezenet: Path, engine: str) -> None:
+    done = run_harness(tmp_path, "--engine", engine, "--model", str(squeezenet), "--runs", "7")
+    assert done.returncode == 0, done.stderr
+    report = report_of(tmp_path)
+    assert set(DAIEDGE_KEYS) <= set(report)
+    assert report["nb_infernece"] == report["nb_inference"] == 7
+    latency = report["inference_latency"]
+    assert len(latency["samples"]) == 7
+    assert latency["min"] <= latency["median"] <= latency["p90"] <= latency["max"]
+    assert latency["mean"] == pytest.approx(np.mean(latency["samples"]))
+    assert report["inference_engine"] == engine and report["engine_version"]
+    assert report["peak_memory_bytes"] > report["memory_delta_bytes"] > 0
+    assert report["model_size"] == squeezenet.stat().st_size
+    assert report["warmup_runs"] >= 5 and report["first_inference_s"] > 0
+    assert report["cpuset"] and report["threads"] == len(report["cpuset"])
+    assert report["host"]["cpu_model"]
+
+
+def test_tflite_model_runs_on_litert(tmp_path: Path, face_tflite: Path) -> None:
+    done = run_harness(tmp_path, "--engine", "tflite", "--model", str(face_tflite), "--runs", "5",
+                       PARAMETERS_FILENAME=str(_params(tmp_path, {"threads": 1})))
+    assert done.returncode == 0, done.stderr
+    report = report_of(tmp_path)
+    assert report["threads"] == 1 and report["parameters"]["use_xnnpack"] is True
+    assert report["engine_version"].startswith("ai-edge-litert")
+
+
+def _params(tmp_path: Path, params: dict[str, Any]) -> Path:
+    path = tmp_path / "parameters.json"
+    path.write_text(json.dumps(params))
+    return path
+
+
+def test_type2_outputs_match_the_engine(tmp_path: Path) -> None:
+    model = two_input_model(tmp_path / "two.onnx")
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((5, 1, 4)).astype(np.float32)
+    b = rng.standard_normal((5, 1, 4)).astype(np.float32)
+    dataset = tmp_path / "data.bin"
+    # Each sample is every input in model order: a then b.
+    dataset.write_bytes(b"".join(a[i].tobytes() + b[i].tobytes() for i in range(5)))
+    done = run_harness(tmp_path, "--engine", "onnxruntime", "--model", str(model), "--type",
+                       "TYPE2", "--dataset", str(dataset))
+    assert done.returncode == 0, done.stderr
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    expected = np.concatenate([session.run(None, {"a": a[i], "b": b[i]})[0] for i in range(5)])
+    produced = np.fromfile(tmp_path / "out" / "raw_output.bin", dtype=np.float32)
+    np.testing.assert_allclose(produced, expected.ravel(), rtol=1e-6)
+    assert report_of(tmp_path)["nb_inference"] == 5
+
+
+def test_dataset_of_the_wrong_size_is_a_clear_error(tmp_path: Path) -> None:
+    model = two_input_model(tmp_path / "two.onnx")
+    dataset = tmp_path / "data.bin"
+    dataset.write_bytes(b"\0" * 33)
+    done = run_harness(tmp_path, "--engine", "onnxruntime", "--model", str(model), "--type",
+                       "TYPE2", "--dataset", str(dataset))
+    assert done.returncode == 2
+    assert "33 bytes, not a multiple of the model's input size (32 bytes" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_engine_format_mismatch_is_a_clear_error(tmp_path: Path, face_tflite: Path) -> None:
+    done = run_harness(tmp_path, "--engine", "onnxruntime", "--model", str(face_tflite))
+    assert done.returncode == 2
+    assert "cannot run .tflite models" in done.stderr
+
+
+def test_progress_file_ends_done(tmp_path: Path, small_onnx: Path) -> None:
+    progress = tmp_path / "progress"
+    done = run_harness(tmp_path, "--engine", "onnxruntime", "--model", str(small_onnx),
+                       "--runs", "50", "--progress", str(progress))
+    assert done.returncode == 0, done.stderr
+    assert progress.read_text().split() == ["done", "50", "50"]
+
+
+def test_min_time_extends_the_timed_phase(tmp_path: Path, small_onnx: Path) -> None:
+    done = run_harness(tmp_path, "--engine", "onnxruntime", "--model", str(small_onnx), "--runs",
+                       "3", PARAMETERS_FILENAME=str(_params(tmp_path, {"min_time_s": 0.3})))
+    assert done.returncode == 0, done.stderr
+    samples = report_of(tmp_path)["inference_latency"]["samples"]
+    assert len(samples) > 3

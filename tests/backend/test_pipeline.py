@@ -1,0 +1,139 @@
+"""The generic pipeline against dAIEdge target repositories written for these tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from vlab_backend.pipeline import JobSpec, run_pipeline
+
+STEP_FILES = {
+    "support": "AI_Support/support.sh", "build": "AI_Build/build.sh",
+    "deploy": "AI_Deploy/deploy.sh", "manager": "AI_Manager/manager.sh",
+}
+
+
+def make_repository(root: Path, bodies: dict[str, str], executable: bool = True) -> Path:
+    """A target repository whose scripts source exit_functions.sh, then run `bodies[step]`."""
+    for step, relative in STEP_FILES.items():
+        script = root / relative
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text("#!/usr/bin/env bash\nsource \"$FUNCTIONS_PATH/exit_functions.sh\"\n"
+                          f"echo {step} >> \"$VLAB_OUT_DIR/steps.txt\"\n"
+                          + bodies.get(step, "") + "\n")
+        if executable:
+            script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return root
+
+
+def make_job(tmp_path: Path, repository: Path, **overrides: object) -> Path:
+    model = tmp_path / "blob"
+    model.write_bytes(b"model bytes")
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    spec = JobSpec(benchmark_id="b1", repository=str(repository), target="board",
+                   target_uid="board-1", engine="tflite", benchmark_type="TYPE1",
+                   nb_inference=7, model_path=str(model), model_filename="net.tflite")
+    for key, value in overrides.items():
+        setattr(spec, key, value)
+    spec.write(job_dir)
+    return job_dir
+
+
+def out_dir(job_dir: Path) -> Path:
+    return job_dir / "work" / "AI_Manager" / "out"
+
+
+def test_steps_run_in_order_from_the_root_with_the_dAIEdge_environment(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", {"manager": (
+        'env | grep -E "^(TARGET|TARGET_UID|RUNTIME|BENCHMARK_TYPE|NB_INFERENCE|MODEL_FILENAME|'
+        'VERSION_TAG|PARAMETERS_FILENAME)=" | sort > "$VLAB_OUT_DIR/env.txt"\n'
+        'pwd > "$VLAB_OUT_DIR/pwd.txt"\n'
+        'cat "$MODEL_FILENAME" > "$VLAB_OUT_DIR/model.txt"\n'
+        'info_print "all good"\n'
+        'echo "{}" > "$VLAB_OUT_DIR/report.json"')})
+    job_dir = make_job(tmp_path, repo, parameters={"threads": 1})
+    result = run_pipeline(job_dir)
+    assert result["exit_code"] == 0
+    assert [s["step"] for s in result["steps"]] == ["support", "build", "deploy", "manager"]
+    out = out_dir(job_dir)
+    assert (out / "steps.txt").read_text().split() == ["support", "build", "deploy", "manager"]
+    env = dict(line.split("=", 1) for line in (out / "env.txt").read_text().splitlines())
+    assert env["TARGET"] == "board" and env["TARGET_UID"] == "board-1"
+    assert env["RUNTIME"] == "tflite" and env["BENCHMARK_TYPE"] == "TYPE1"
+    assert env["NB_INFERENCE"] == "7" and env["VERSION_TAG"] == "v1.0.0"
+    assert env["PARAMETERS_FILENAME"] == "parameters.json"
+    # The model gets a timestamp in its name and keeps its extension.
+    assert env["MODEL_FILENAME"].startswith("net_") and env["MODEL_FILENAME"].endswith(".tflite")
+    assert (out / "pwd.txt").read_text().strip() == str(job_dir / "work")
+    assert (out / "model.txt").read_text() == "model bytes"
+    assert (out / "user.log").read_text() == "all good\n"
+    assert json.loads((job_dir / "pipeline.json").read_text())["exit_code"] == 0
+
+
+def test_first_failure_stops_and_stderr_reaches_error_log(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", {
+        "build": 'echo "compiler exploded" >&2\nfalse\necho "not reached" >&2'})
+    job_dir = make_job(tmp_path, repo)
+    result = run_pipeline(job_dir)
+    assert result["exit_code"] == 1
+    assert result["message"] == "AI_Build/build.sh failed with exit code 1"
+    out = out_dir(job_dir)
+    assert (out / "steps.txt").read_text().split() == ["support", "build"]
+    error_log = (out / "error.log").read_text()
+    assert "compiler exploded" in error_log and "not reached" not in error_log
+    assert "[vlab] AI_Build/build.sh failed with exit code 1" in error_log
+
+
+def test_error_log_disable_keeps_stderr_private(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", {"support": (
+        'error_log_disable\necho "secret token abc" >&2\n'
+        'error_log_print "curated message"')})
+    job_dir = make_job(tmp_path, repo)
+    run_pipeline(job_dir)
+    error_log = (out_dir(job_dir) / "error.log").read_text()
+    assert "curated message" in error_log and "secret" not in error_log
+
+
+def test_step_time_limit_kills_the_step(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", {"deploy": "sleep 30 &\nsleep 30"})
+    job_dir = make_job(tmp_path, repo, step_timeouts_s={"deploy": 1})
+    result = run_pipeline(job_dir)
+    assert result["exit_code"] == 124
+    assert result["message"] == "AI_Deploy/deploy.sh exceeded its time limit of 1 s"
+    assert result["steps"][-1]["timed_out"] and result["steps"][-1]["seconds"] < 10
+
+
+def test_missing_script_and_non_executable_scripts(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", {}, executable=False)
+    (repo / "AI_Deploy" / "deploy.sh").unlink()
+    job_dir = make_job(tmp_path, repo)
+    result = run_pipeline(job_dir)
+    # Non-executable scripts still run (with bash); the missing one fails the job.
+    assert [s["step"] for s in result["steps"]] == ["support", "build"]
+    assert result["message"] == "AI_Deploy/deploy.sh is missing from the target repository"
+
+
+def test_dataset_is_placed_at_the_root(tmp_path: Path) -> None:
+    dataset = tmp_path / "blob-data"
+    dataset.write_bytes(b"\1\2\3")
+    repo = make_repository(tmp_path / "repo", {
+        "manager": 'cp "$DATASET_FILENAME" "$VLAB_OUT_DIR/seen.bin"'})
+    job_dir = make_job(tmp_path, repo, dataset_path=str(dataset), dataset_filename="in.bin")
+    assert run_pipeline(job_dir)["exit_code"] == 0
+    assert (out_dir(job_dir) / "seen.bin").read_bytes() == b"\1\2\3"
+
+
+def test_job_is_pinned_to_its_cpuset(tmp_path: Path) -> None:
+    core = min(os.sched_getaffinity(0))
+    repo = make_repository(tmp_path / "repo", {
+        "manager": 'grep Cpus_allowed_list /proc/self/status > "$VLAB_OUT_DIR/cpus.txt"'})
+    job_dir = make_job(tmp_path, repo, cpuset=[core])
+    pid = os.fork()
+    if pid == 0:  # the pipeline pins its own process; keep the test process unpinned
+        run_pipeline(job_dir)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert (out_dir(job_dir) / "cpus.txt").read_text().split()[-1] == str(core)

@@ -1,0 +1,107 @@
+"""A live `vlab serve` process for tests, with its own data dir and port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    def __init__(self, data_dir: Path, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_args = extra_args or []
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "VLAB_TOKEN"}
+        env.update(VLAB_DATA_DIR=str(self.data_dir), VLAB_URL=self.url, **self.extra_env)
+        return env
+
+    def start(self) -> LiveServer:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vlab_kernel.cli", "serve", "--port", str(self.port),
+                 "--data-dir", str(self.data_dir), *self.extra_args],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/api/benchmarks/status", timeout=1).status_code == 200 \
+                        and self.credential_path.exists():
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    @property
+    def credential_path(self) -> Path:
+        return self.data_dir / "local-admin.token"
+
+    @property
+    def token(self) -> str:
+        return self.credential_path.read_text().strip()
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def cli(self, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "vlab_kernel.cli", *args],
+                              env={**self.env, **env}, input=stdin, capture_output=True,
+                              text=True, timeout=300)
+
+
+def wait_terminal(client: httpx.Client, bench_id: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = client.get(f"/api/benchmarks/{bench_id}").json()
+        if body["status"] in ("success", "failed", "canceled"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"benchmark {bench_id} did not finish")
+
+
+def wait_status(client: httpx.Client, bench_id: str, status: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get(f"/api/benchmarks/{bench_id}/status").json()["status"] == status:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"benchmark {bench_id} never became {status}")

@@ -1,0 +1,1 @@
+"""ipywidgets views of the VLab workbench."""
