@@ -35,17 +35,33 @@ class BodySizeLimit:
                 await _reject(send, self.limit)
                 return
         received = 0
+        exceeded = rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
+                    exceeded = True
                     raise UploadTooLarge(self.limit)
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            # Whatever the app answers once the limit is hit (frameworks turn the error into
+            # a generic 400), the client gets the 413.
+            nonlocal rejected
+            if not exceeded:
+                await send(message)
+            elif not rejected:
+                rejected = True
+                await _reject(send, self.limit)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except UploadTooLarge:
+            if not rejected:
+                await _reject(send, self.limit)
 
 
 async def _reject(send: Send, limit: int) -> None:

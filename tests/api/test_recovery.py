@@ -1,0 +1,56 @@
+"""A `kill -9` of the server leaves no benchmark behind: each ends in one terminal state."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.api.test_benchmarks_api import submit
+from tests.server import LiveServer, wait_status, wait_terminal
+
+pytestmark = pytest.mark.slow
+
+
+def test_restart_adopts_running_jobs_and_runs_waiting_ones(fresh_server: LiveServer,
+                                                           small_onnx: Path) -> None:
+    server = fresh_server
+    with server.client() as client:
+        ids = [submit(client, small_onnx, nb_inference="5", parameters={"min_time_s": 4}
+                      ).json()["id"] for _ in range(3)]
+        wait_status(client, ids[0], "running")
+        wait_status(client, ids[1], "running")
+        before = {i: client.get(f"/api/benchmarks/{i}").json() for i in ids}
+    assert before[ids[2]]["status"] == "pending"
+    server.kill9()
+    server.start()
+    with server.client() as client:
+        finals = {i: wait_terminal(client, i) for i in ids}
+    assert all(f["status"] == "success" for f in finals.values()), finals
+    for bench_id in ids[:2]:
+        # Adopted, not restarted: same start time, one report of the requested length.
+        assert finals[bench_id]["started_at"] == before[bench_id]["started_at"]
+        assert finals[bench_id]["metrics"]["nb_inference"] >= 5
+
+
+def test_jobs_that_died_with_the_server_end_failed(fresh_server: LiveServer,
+                                                   small_onnx: Path) -> None:
+    server = fresh_server
+    with server.client() as client:
+        bench_id = submit(client, small_onnx, nb_inference="5",
+                          parameters={"min_time_s": 30}).json()["id"]
+        wait_status(client, bench_id, "running")
+    pid_file = server.data_dir / "jobs" / bench_id / "pid"
+    pipeline_pid = int(pid_file.read_text().split()[0])
+    server.kill9()
+    os.killpg(pipeline_pid, signal.SIGKILL)
+    server.start()
+    with server.client() as client:
+        final = wait_terminal(client, bench_id, timeout=30)
+        assert final["status"] == "failed"
+        assert final["message"] == "the job's process ended while the server was down"
+        # The instance is usable again.
+        again = submit(client, small_onnx, nb_inference="3").json()["id"]
+        assert wait_terminal(client, again)["status"] == "success"

@@ -1,0 +1,124 @@
+"""The `vlab` command as a user runs it, against a live server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.models import two_input_model
+from tests.server import LiveServer
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_bench_onnx_json_prints_only_the_report(server: LiveServer, squeezenet: Path,
+                                                engine: str) -> None:
+    done = server.cli("bench", str(squeezenet), "--target", "host-cpu", "--engine", engine,
+                      "--runs", "10", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["inference_engine"] == engine and report["nb_inference"] == 10
+    assert report["model_file_name"].startswith("light_squeezenet_")
+
+
+def test_bench_tflite_prints_a_summary(server: LiveServer, face_tflite: Path) -> None:
+    done = server.cli("bench", str(face_tflite), "--target", "host-cpu", "--engine", "tflite",
+                      "--runs", "10", "--param", "threads=1")
+    assert done.returncode == 0, done.stderr
+    assert ": success" in done.stdout and "latency  mean" in done.stdout
+    assert "1 thread(s)" in done.stdout
+
+
+def test_no_wait_json_prints_the_id(server: LiveServer, small_onnx: Path) -> None:
+    done = server.cli("bench", str(small_onnx), "--target", "host-cpu", "--engine",
+                      "onnxruntime", "--no-wait", "--json")
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)) == {"id"}
+
+
+def test_type2_with_a_dataset_file(server: LiveServer, tmp_path: Path) -> None:
+    model = two_input_model(tmp_path / "two.onnx")
+    dataset = tmp_path / "samples.bin"
+    dataset.write_bytes(b"\0" * 32 * 4)
+    done = server.cli("bench", str(model), "--target", "host-cpu", "--engine", "onnxruntime",
+                      "--dataset", str(dataset), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["benchmark_type"] == "TYPE2"
+    assert json.loads(done.stdout)["nb_inference"] == 4
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["bench", "missing.onnx", "--target", "host-cpu", "--engine", "onnxruntime"],
+     "model file missing.onnx not found"),
+    (["bench", "{small}", "--target", "mars", "--engine", "onnxruntime"], "unknown target 'mars'"),
+    (["bench", "{small}", "--target", "host-cpu", "--engine", "onnxruntime", "--param", "x"],
+     "--param expects KEY=VALUE"),
+    (["bench", "{small}", "--target", "host-cpu", "--engine", "tflite"],
+     "engine tflite cannot run onnx models"),
+    (["bench", "{small}", "--target", "host-cpu", "--engine", "onnxruntime", "--dataset",
+      "nothere.bin"], "dataset file nothere.bin not found"),
+])
+def test_mistakes_print_one_line(server: LiveServer, small_onnx: Path, args: list[str],
+                                 message: str) -> None:
+    done = server.cli(*[a.replace("{small}", str(small_onnx)) for a in args])
+    assert done.returncode == 1
+    assert message in one_error_line(done.stderr)
+
+
+def test_unreachable_server_is_one_line(server: LiveServer) -> None:
+    done = server.cli("targets", VLAB_URL="http://127.0.0.1:9")
+    assert done.returncode == 1
+    assert "cannot reach the VLab API" in one_error_line(done.stderr)
+
+
+def test_targets_and_results(server: LiveServer, small_onnx: Path) -> None:
+    targets = json.loads(server.cli("targets", "--json").stdout)
+    assert targets[0]["target"] == "host-cpu"
+    assert len(targets[0]["instances"]) >= 1
+    assert "host-cpu-0" in server.cli("targets").stdout
+    assert server.cli("bench", str(small_onnx), "--target", "host-cpu", "--engine",
+                      "onnxruntime", "--runs", "3").returncode == 0
+    rows = json.loads(server.cli("results", "--json", "--engine", "onnxruntime").stdout)
+    assert rows and all(r["engine"] == "onnxruntime" for r in rows)
+    csv_out = server.cli("results", "--csv").stdout.splitlines()
+    assert csv_out[0].startswith("id,status,target,engine,model")
+    assert "latency_mean_s" in server.cli("results").stdout
+
+
+def test_user_add_reads_the_password_from_stdin(server: LiveServer) -> None:
+    done = server.cli("user", "add", "Ada@Example.org", stdin="correct horse battery\n")
+    assert done.returncode == 0, done.stderr
+    assert "user ada@example.org added" in done.stdout
+    again = server.cli("user", "add", "ada@example.org", stdin="correct horse battery\n")
+    assert again.returncode == 1 and "already exists" in one_error_line(again.stderr)
+    short = server.cli("user", "add", "bob@example.org", stdin="short\n")
+    assert "at least 8 characters" in one_error_line(short.stderr)
+    import httpx
+
+    login = httpx.post(server.url + "/api/users/login",
+                       json={"email": "ada@example.org", "password": "correct horse battery"})
+    assert login.status_code == 200
+    token = login.json()["access_token"]
+    mine = httpx.get(server.url + "/api/benchmarks",
+                     headers={"Authorization": f"Bearer {token}"}).json()
+    assert mine["count"] == 0  # the admin's benchmarks are not hers
+    refreshed = httpx.post(server.url + "/api/users/token/refresh",
+                           json={"refresh": login.json()["refresh_token"]})
+    assert refreshed.status_code == 200 and refreshed.json()["access"]
+    wrong = httpx.post(server.url + "/api/users/login",
+                       json={"email": "ada@example.org", "password": "nope nope"})
+    assert wrong.status_code == 401
+
+
+def test_vlab_token_overrides_the_local_credential(server: LiveServer) -> None:
+    done = server.cli("targets", VLAB_TOKEN="vlab_bogus")
+    assert done.returncode == 1
+    assert "invalid or revoked API token" in one_error_line(done.stderr)
