@@ -82,7 +82,8 @@ class LiveServer:
         self.proc.kill()
         self.proc.wait()
 
-    def cli(self, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, stdin: str | None = None,
+            **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "vlab_kernel.cli", *args],
                               env={**self.env, **env}, input=stdin, capture_output=True,
                               text=True, timeout=300)

@@ -159,7 +159,8 @@ def test_cancel_a_running_benchmark(server: LiveServer, small_onnx: Path) -> Non
 
 def test_events_stream_progress_until_the_end(server: LiveServer, small_onnx: Path) -> None:
     with server.client() as client:
-        bench_id = submit(client, small_onnx, nb_inference="2000").json()["id"]
+        bench_id = submit(client, small_onnx, nb_inference="5",
+                          parameters={"min_time_s": 1.5}).json()["id"]
         events = []
         with client.stream("GET", f"/api/benchmarks/{bench_id}/events") as stream:
             for line in stream.iter_lines():

@@ -37,8 +37,7 @@ def warm_up(adapter: EngineAdapter, inputs: list[np.ndarray], min_runs: int, min
     timings.warmup_s = clock() - start
 
 
-def _progress_every(total: int) -> int:
-    return max(1, total // 100)
+PROGRESS_INTERVAL_S = 0.25  # progress reports are rare so that they cost the target nothing
 
 
 def timed_runs(adapter: EngineAdapter, runs: int, min_time_s: float, timings: Timings,
@@ -47,8 +46,7 @@ def timed_runs(adapter: EngineAdapter, runs: int, min_time_s: float, timings: Ti
     clock = time.perf_counter
     infer = adapter.infer
     samples = timings.samples_s
-    every = _progress_every(runs)
-    started = clock()
+    started = reported = clock()
     done = 0
     while done < runs or clock() - started < min_time_s:
         t0 = clock()
@@ -56,8 +54,9 @@ def timed_runs(adapter: EngineAdapter, runs: int, min_time_s: float, timings: Ti
         t1 = clock()
         samples.append(t1 - t0)
         done += 1
-        if done % every == 0:
+        if t1 - reported >= PROGRESS_INTERVAL_S:
             progress("inference", done, runs)
+            reported = t1
 
 
 def dataset_runs(adapter: EngineAdapter, samples: Iterator[list[np.ndarray]], count: int,
@@ -66,7 +65,7 @@ def dataset_runs(adapter: EngineAdapter, samples: Iterator[list[np.ndarray]], co
     """TYPE2: one timed inference per dataset sample; outputs handed to `sink` untimed."""
     clock = time.perf_counter
     infer = adapter.infer
-    every = _progress_every(count)
+    reported = clock()
     for done, arrays in enumerate(samples, start=1):
         adapter.set_inputs(arrays)
         t0 = clock()
@@ -74,5 +73,6 @@ def dataset_runs(adapter: EngineAdapter, samples: Iterator[list[np.ndarray]], co
         t1 = clock()
         timings.samples_s.append(t1 - t0)
         sink(adapter.results())
-        if done % every == 0:
+        if t1 - reported >= PROGRESS_INTERVAL_S:
             progress("inference", done, count)
+            reported = t1
