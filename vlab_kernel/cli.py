@@ -228,7 +228,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
             print(f"VLab backend running at {url}", file=sys.stderr)
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "explore.ipynb"
     command = [sys.executable, "-m", "jupyterlab", *args.jupyter_args]
-    if notebook.is_file() and not args.jupyter_args:
+    opens_a_path = any(not a.startswith("-") for a in args.jupyter_args)
+    if notebook.is_file() and not opens_a_path:
         command.append(str(notebook))
     try:
         return subprocess.call(command, env=os.environ.copy())
@@ -253,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
 
-    lab = sub.add_parser("lab", help="JupyterLab with the embedded backend")
-    lab.add_argument("jupyter_args", nargs=argparse.REMAINDER)
-    lab.set_defaults(func=cmd_lab)
+    lab = sub.add_parser("lab", help="JupyterLab with the embedded backend; other arguments "
+                         "go to JupyterLab")
+    lab.set_defaults(func=cmd_lab, jupyter_args=[])
 
     targets = sub.add_parser("targets", help="targets, instances, engines and their state")
     targets.add_argument("--json", action="store_true")
@@ -294,7 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "lab":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.jupyter_args = extra
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)
