@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from vlab_backend.artifacts import Outcome, collect
@@ -142,8 +142,19 @@ class Scheduler:
             if dataset is not None:
                 dataset_path = str(self.datasets.path(dataset.sha256))
                 dataset_filename = dataset.name.rsplit("_", 1)[0] or "dataset.bin"
+        extra_files = {}
+        if bench.odt_config:
+            from vlab_backend.odt import dataset_refs
+
+            for ref in dataset_refs(bench.odt_config):
+                row = session.scalars(select(Dataset).where(
+                    Dataset.name == ref, or_(Dataset.owner_id == bench.owner_id,
+                                             Dataset.public.is_(True)))).first()
+                if row is not None:
+                    extra_files[ref] = str(self.datasets.path(row.sha256))
         return JobSpec(
-            benchmark_id=bench.id, repository=offer.get("repository", ""),
+            benchmark_id=bench.id, odt_config=bench.odt_config, extra_files=extra_files,
+            repository=offer.get("repository", ""),
             target=instance.target_type, target_uid=instance.uid, engine=bench.engine,
             benchmark_type=bench.benchmark_type, nb_inference=bench.nb_inference,
             model_path=str(self.models.path(model.sha256)), model_filename=bench.model_filename,

@@ -15,11 +15,12 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from vlab_backend.blobstore import BlobStore
-from vlab_backend.engines import get_spec
+from vlab_backend.catalog import EngineProfile, engine_profile
 from vlab_backend.intake import ModelInfo, ModelRejected, inspect_model
 from vlab_backend.store.schema import Benchmark, Dataset, StoredModel, TargetInstance, User
 
-SUPPORTED_RUN_TYPES = ("TYPE1", "TYPE2")
+SUPPORTED_RUN_TYPES = ("TYPE1", "TYPE2", "TYPE3")
+INSPECTED_EXTENSIONS = (".onnx", ".tflite", ".zip")
 
 
 class SubmissionError(ValueError):
@@ -41,6 +42,7 @@ class RunRequest:
     dataset_name: str | None = None
     model_ref: str | None = None
     public: bool = False
+    odt: bool = False  # a training submission, which carries an ODT config
 
 
 def model_ref(model: StoredModel) -> str:
@@ -84,27 +86,48 @@ def check_request(session: Session, request: RunRequest, max_nb_inference: int) 
         raise SubmissionError(f"{request.target_type} with {request.engine} does not support "
                               f"{request.benchmark_type}; supported: "
                               f"{', '.join(sorted(supported & set(SUPPORTED_RUN_TYPES)))}")
+    if request.benchmark_type == "TYPE3" and not request.odt:
+        raise SubmissionError("TYPE3 (on-device training) is submitted to "
+                              "/api/benchmarks/train with its ODT config")
     if not 1 <= request.nb_inference <= max_nb_inference:
         raise SubmissionError(f"nb_inference must be between 1 and {max_nb_inference}")
+    profile = engine_profile(session, request.engine)
+    if profile is None:
+        raise SubmissionError(f"engine {request.engine!r} is not in the engine catalogue", 404)
     try:
-        request.parameters = get_spec(request.engine).validate_parameters(request.parameters)
+        request.parameters = profile.validate_parameters(request.parameters)
     except ValueError as exc:
         raise SubmissionError(str(exc)) from exc
     if request.benchmark_type == "TYPE2" and not request.dataset_name:
         raise SubmissionError("TYPE2 needs a dataset (dataset_name)")
 
 
-def intake_upload(path: Path, filename: str, engine: str) -> ModelInfo:
-    """Inspect an uploaded model and check that the engine runs its format."""
+def intake_upload(path: Path, filename: str, profile: EngineProfile | None) -> ModelInfo:
+    """Inspect an uploaded model and, given an engine, check that the engine runs its format.
+
+    Formats the platform cannot inspect are accepted only for catalogue engines that declare
+    their extension (their target repository checks the model itself)."""
+    suffix = Path(filename).suffix.lower()
+    opaque = (profile is not None and not profile.has_adapter and suffix in profile.extensions
+              and suffix not in INSPECTED_EXTENSIONS)
+    if opaque:
+        if path.stat().st_size == 0:
+            raise SubmissionError(f"{filename}: the file is empty")
+        return ModelInfo(format=suffix.lstrip("."), inputs=[], outputs=[], nb_parameters=0,
+                         flops=0)
     try:
         info = inspect_model(path, filename)
     except ModelRejected as exc:
         raise SubmissionError(str(exc)) from exc
-    spec = get_spec(engine)
-    if info.format not in spec.formats:
-        raise SubmissionError(f"engine {engine} cannot run {info.format} models "
-                              f"(it runs: {', '.join(spec.file_extensions)})")
+    if profile is not None:
+        check_format(info.format, profile)
     return info
+
+
+def check_format(model_format: str, profile: EngineProfile) -> None:
+    if model_format not in profile.formats:
+        raise SubmissionError(f"engine {profile.name} cannot run {model_format} models "
+                              f"(it runs: {', '.join(profile.extensions)})")
 
 
 def store_model(session: Session, store: BlobStore, user: User, upload: Path, filename: str,
@@ -145,6 +168,8 @@ def resolve_dataset(session: Session, user: User, name: str) -> Dataset:
 
 def check_dataset_fits(dataset: Dataset, info: ModelInfo) -> None:
     sample = info.input_bytes
+    if not info.inputs:
+        return  # a format the platform cannot inspect: the target checks the dataset
     if sample <= 0 or dataset.size == 0 or dataset.size % sample:
         raise SubmissionError(
             f"dataset {dataset.name} has {dataset.size} bytes, which is not a multiple of the "

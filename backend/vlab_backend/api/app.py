@@ -13,8 +13,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from vlab_backend import __version__
-from vlab_backend.api.routes import benchmarks, datasets, status, targets, users
+from vlab_backend import __version__, catalog
+from vlab_backend.api.routes import (
+    benchmarks,
+    datasets,
+    models,
+    resources,
+    status,
+    targets,
+    training,
+    users,
+)
 from vlab_backend.api.state import AppState
 from vlab_backend.api.uploads import BodySizeLimit, UploadTooLarge
 from vlab_backend.auth import TokenService, ensure_local_admin, load_or_create_secret
@@ -71,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         instances = (load_target_config(settings.targets_file) if settings.targets_file
                      else local_cpu_targets())
         sync_targets(db, instances)
+        with db.session() as session:
+            catalog.seed(session)
         hub.bind(asyncio.get_running_loop())
         await state.scheduler.start()
         log.info("VLab API ready: %d target instance(s), data in %s", len(instances),
@@ -85,8 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="dAIEdge-VLab compatible benchmarking API")
     app.state.vlab = state
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
-    for router in (status.router, users.router, datasets.router, benchmarks.router,
-                   targets.router):
+    # Literal paths (datasets, train, fl, ...) before the /api/benchmarks/{id} patterns.
+    for router in (status.router, users.router, datasets.router, training.router,
+                   benchmarks.router, models.router, targets.router, resources.router):
         app.include_router(router)
 
     @app.exception_handler(HTTPException)

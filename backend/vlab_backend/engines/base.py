@@ -7,6 +7,8 @@ engines and validate parameters without loading any of them.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-PARAMETER_TYPES = ("string", "integer", "number", "boolean", "enum")
+PARAMETER_TYPES = ("string", "integer", "number", "boolean", "object", "array", "enum")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,13 @@ class ParameterSpec:
                 value = value.lower() in ("true", "1")
             if not isinstance(value, bool):
                 raise ValueError(f"parameter {self.key!r} must be true or false")
+        elif self.type == "object":
+            value = _json_value(self.key, value, dict, "a JSON object")
+        elif self.type == "array":
+            value = _json_value(self.key, value, list, "a JSON array")
         elif self.type in ("string", "enum"):
+            if isinstance(value, dict | list):
+                raise ValueError(f"parameter {self.key!r} must be a string")
             value = str(value)
         if self.choices and value not in self.choices:
             allowed = ", ".join(str(c) for c in self.choices)
@@ -59,6 +67,15 @@ class ParameterSpec:
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "type": self.type, "default": self.default,
                 "description": self.description, "choices": list(self.choices)}
+
+
+def _json_value(key: str, value: Any, kind: type, what: str) -> Any:
+    if isinstance(value, str):
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value)
+    if not isinstance(value, kind):
+        raise ValueError(f"parameter {key!r} must be {what}")
+    return value
 
 
 # Parameters the harness itself understands, whatever the engine.
@@ -90,8 +107,11 @@ class EngineSpec:
     def file_extensions(self) -> list[str]:
         return ["." + fmt for fmt in self.formats]
 
-    def validate_parameters(self, params: dict[str, Any]) -> dict[str, Any]:
-        declared = {p.key: p for p in self.all_parameters}
+    def validate_parameters(self, params: dict[str, Any],
+                            extra: dict[str, ParameterSpec] | None = None) -> dict[str, Any]:
+        """Values coerced to their declared types. `extra`: parameters attached to the engine
+        by an administrator, which the target receives in its parameters file."""
+        declared = {**(extra or {}), **{p.key: p for p in self.all_parameters}}
         unknown = sorted(set(params) - set(declared))
         if unknown:
             raise ValueError(f"engine {self.name!r} has no parameter(s) {', '.join(unknown)}; "
@@ -99,9 +119,12 @@ class EngineSpec:
         return {key: declared[key].validate(value) for key, value in params.items()}
 
     def resolved_parameters(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Every declared parameter, the given values over the defaults."""
+        """Every parameter this engine declares, the given values over the defaults; keys it
+        does not declare (target-specific ones) pass through unchanged."""
         values = {p.key: p.default for p in self.all_parameters}
-        values.update(self.validate_parameters(params))
+        known = {k: v for k, v in params.items() if k in values}
+        values.update(self.validate_parameters(known))
+        values.update({k: v for k, v in params.items() if k not in values})
         return values
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from vlab_backend.engines.base import EngineAdapter, EngineSpec, ParameterSpec, 
 SPEC = EngineSpec(
     name="openvino",
     display_name="OpenVINO (CPU)",
-    formats=("onnx", "tflite"),
+    formats=("onnx", "tflite", "zip"),  # zip: OpenVINO IR (.xml + .bin) in one archive
     parameters=(
         ParameterSpec("performance_hint", "enum", "LATENCY",
                       "OpenVINO performance hint", choices=("LATENCY", "THROUGHPUT")),
@@ -29,6 +30,11 @@ class Adapter(EngineAdapter):
         import openvino as ov
 
         core = ov.Core()
+        if model_path.suffix.lower() == ".zip":
+            from vlab_backend.convert import extract_ir
+
+            self._ir_dir = tempfile.TemporaryDirectory()
+            model_path = extract_ir(model_path, Path(self._ir_dir.name))
         model = core.read_model(str(model_path))
         # Dynamic dimensions (usually the batch) are benchmarked at 1.
         if any(p.get_partial_shape().is_dynamic for p in model.inputs):

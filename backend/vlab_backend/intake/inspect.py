@@ -61,7 +61,10 @@ def detect_format(filename: str, head: bytes) -> str:
         raise ModelRejected(f"{filename}: not a TFLite model (no TFL3 identifier)")
     if suffix == ".onnx":
         return "onnx"
-    raise ModelRejected(f"{filename}: unsupported model file; expected a .onnx or .tflite model")
+    if suffix == ".zip" and head[:2] == b"PK":
+        return "zip"
+    raise ModelRejected(f"{filename}: unsupported model file; expected a .onnx or .tflite "
+                        "model, or an OpenVINO IR .zip")
 
 
 def inspect_model(path: Path, filename: str) -> ModelInfo:
@@ -77,6 +80,10 @@ def inspect_model(path: Path, filename: str) -> ModelInfo:
         from vlab_backend.intake.onnx_model import inspect_onnx
 
         return inspect_onnx(path, filename)
+    if fmt == "zip":
+        from vlab_backend.intake.openvino_model import inspect_openvino_ir
+
+        return inspect_openvino_ir(path, filename)
     from vlab_backend.intake.tflite_model import inspect_tflite
 
     return inspect_tflite(path, filename)

@@ -49,6 +49,9 @@ class JobSpec:
     step_timeouts_s: dict[str, int] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     model_facts: dict[str, Any] = field(default_factory=dict)
+    odt_config: dict[str, Any] = field(default_factory=dict)
+    # Files placed at the repository root under their name (TYPE3 datasets): name -> path.
+    extra_files: dict[str, str] = field(default_factory=dict)
 
     def write(self, job_dir: Path) -> None:
         (job_dir / SPEC_FILE).write_text(json.dumps(asdict(self), indent=1))
@@ -101,6 +104,11 @@ def _prepare_workdir(spec: JobSpec, job_dir: Path) -> tuple[Path, dict[str, str]
     if spec.parameters:
         (work / "parameters.json").write_text(json.dumps(spec.parameters))
         env["PARAMETERS_FILENAME"] = "parameters.json"
+    for name, path in spec.extra_files.items():
+        shutil.copyfile(path, work / Path(name).name)
+    if spec.odt_config:
+        (work / "odt_config.json").write_text(json.dumps(spec.odt_config, indent=1))
+        env["ODT_CONFIG_FILENAME"] = "odt_config.json"
     if spec.model_facts:
         facts = job_dir / "model_facts.json"
         facts.write_text(json.dumps(spec.model_facts))

@@ -69,7 +69,11 @@ class Dataset(Base):
 
 
 class TargetInstance(Base):
-    """One board (or CPU core set) of a target type, as described by a target configuration."""
+    """One board (or CPU core set) of a target type.
+
+    Rows come from target configurations (enabled: a runner can reach them) or from a
+    provider's registration through the API (`inventory_id` issued here, enabled once a host
+    configuration names it)."""
 
     __tablename__ = "target_instances"
     uid: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -79,6 +83,55 @@ class TargetInstance(Base):
     cpuset: Mapped[list[Any]] = mapped_column(JSON, default=list)
     memory: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"),
+                                                 nullable=True)
+    notes: Mapped[str] = mapped_column(String(2000), default="")
+    serial_number: Mapped[str] = mapped_column(String(200), default="")
+    registered_engines: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+
+class HardwareType(Base):
+    """A target type (the dAIEdge 'edge device family')."""
+
+    __tablename__ = "hardware_types"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    description: Mapped[str] = mapped_column(String(2000), default="")
+
+
+class EngineFamily(Base):
+    """An inference engine (the dAIEdge 'runtime family')."""
+
+    __tablename__ = "engine_families"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    supported_file_extensions: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+
+class EngineParameter(Base):
+    """A run-time parameter engines may accept; attached to engines through links."""
+
+    __tablename__ = "engine_parameters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), unique=True, index=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    type: Mapped[str] = mapped_column(String(16))
+    # A string, as the dAIEdge client formats it; for enums the JSON list of choices.
+    default_values: Mapped[str] = mapped_column(String(2000), default="")
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"),
+                                                 nullable=True)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class EngineParameterLink(Base):
+    __tablename__ = "engine_parameter_links"
+    __table_args__ = (UniqueConstraint("engine", "parameter_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    engine: Mapped[str] = mapped_column(String(100), index=True)
+    parameter_id: Mapped[int] = mapped_column(
+        ForeignKey("engine_parameters.id", ondelete="CASCADE"))
 
 
 ACTIVE_STATUSES = ("queued", "running")
@@ -103,6 +156,7 @@ class Benchmark(Base):
     model_filename: Mapped[str] = mapped_column(String(255))
     model_sha256: Mapped[str] = mapped_column(String(64))
     dataset_name: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    odt_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
     message: Mapped[str] = mapped_column(String(2000), default="")
     target_uid: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)

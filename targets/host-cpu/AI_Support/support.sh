@@ -4,7 +4,7 @@ source "$FUNCTIONS_PATH/exit_functions.sh"
 
 case "$RUNTIME" in
     onnxruntime) formats="onnx" ;;
-    openvino) formats="onnx tflite" ;;
+    openvino) formats="onnx tflite zip" ;;
     tflite) formats="tflite" ;;
     *) error_log_print "engine $RUNTIME is not offered by target $TARGET"; exit 1 ;;
 esac

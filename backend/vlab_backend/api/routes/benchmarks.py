@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Query, UploadFile
@@ -17,13 +18,13 @@ from vlab_backend.api.state import AppState, StateDep, UserDep
 from vlab_backend.api.uploads import safe_filename, save_upload
 from vlab_backend.api.views import benchmark_view, result_row
 from vlab_backend.blobstore import sha256_file
-from vlab_backend.engines import engine_specs
+from vlab_backend.catalog import engine_profile
 from vlab_backend.intake import ModelInfo
 from vlab_backend.scheduler import benchmark_event
 from vlab_backend.store.schema import (
     ALL_STATUSES,
     Benchmark,
-    StoredModel,
+    EngineFamily,
     TargetInstance,
     User,
 )
@@ -31,6 +32,7 @@ from vlab_backend.submission import (
     RunRequest,
     SubmissionError,
     check_dataset_fits,
+    check_format,
     check_request,
     create_benchmark,
     discard,
@@ -44,7 +46,7 @@ from vlab_backend.submission import (
 router = APIRouter(tags=["benchmarks"])
 
 
-def _parse_json(raw: str | None, what: str, kind: type) -> Any:
+def parse_json_field(raw: str | None, what: str, kind: type) -> Any:
     if raw in (None, ""):
         return kind()
     try:
@@ -72,12 +74,12 @@ async def run_benchmark(
     model: UploadFile | None = None,
 ) -> dict[str, Any]:
     """Submit a benchmark of an uploaded `model` file or a stored `model_ref`."""
-    uids = _parse_json(target_uids, "target_uids", list)
+    uids = parse_json_field(target_uids, "target_uids", list)
     request = RunRequest(
         target_type=device, engine=engine,
         benchmark_type=benchmark_type or ("TYPE2" if dataset_name else "TYPE1"),
         nb_inference=nb_inference, target_uids=[str(u) for u in uids],
-        parameters=_parse_json(parameters, "parameters", dict), dataset_name=dataset_name,
+        parameters=parse_json_field(parameters, "parameters", dict), dataset_name=dataset_name,
         model_ref=model_ref, public=public)
     if model is None and not model_ref:
         raise HTTPException(400, "send a model file (part 'model') or a model_ref")
@@ -99,43 +101,33 @@ async def run_benchmark(
 
 
 def _accept(state: AppState, user: User, request: RunRequest, model: UploadFile | None,
-            upload: Any) -> str:
+            upload: Path | None) -> str:
     filename = safe_filename(model.filename if model else None, "model")
-    info: ModelInfo | None = None
-    sha = None
     try:
-        if upload is not None:
-            info = intake_upload(upload, filename, request.engine)
-            sha = sha256_file(upload)
         with state.db.session() as session:
-            if upload is not None and info is not None and sha is not None:
-                dataset = (resolve_dataset(session, user, request.dataset_name)
-                           if request.dataset_name else None)
+            profile = engine_profile(session, request.engine)
+            dataset = (resolve_dataset(session, user, request.dataset_name)
+                       if request.dataset_name else None)
+            if upload is not None:
+                info = intake_upload(upload, filename, profile)
                 if dataset is not None:
                     check_dataset_fits(dataset, info)
                 stored = store_model(session, state.scheduler.models, user, upload, filename,
-                                     info, sha)
+                                     info, sha256_file(upload))
             else:
                 stored = resolve_model_ref(session, user, request.model_ref or "")
                 info = ModelInfo.from_dict(stored.info)
-                intake_check_format(stored, request.engine)
-                if request.dataset_name:
-                    check_dataset_fits(resolve_dataset(session, user, request.dataset_name), info)
-            if request.benchmark_type == "TYPE2" and request.dataset_name:
-                dataset = resolve_dataset(session, user, request.dataset_name)
-                request.nb_inference = dataset.size // max(1, info.input_bytes)
+                if profile is not None:
+                    check_format(stored.format, profile)
+                if dataset is not None:
+                    check_dataset_fits(dataset, info)
+            if request.benchmark_type == "TYPE2" and dataset is not None and info.input_bytes:
+                request.nb_inference = dataset.size // info.input_bytes
             bench = create_benchmark(session, user, request, stored)
             state.hub.publish(bench.id, benchmark_event(bench))
             return bench.id
     except SubmissionError as exc:
         raise HTTPException(exc.status, str(exc)) from exc
-
-
-def intake_check_format(stored: StoredModel, engine: str) -> None:
-    spec = engine_specs()[engine]
-    if stored.format not in spec.formats:
-        raise SubmissionError(f"engine {engine} cannot run {stored.format} models "
-                              f"(it runs: {', '.join(spec.file_extensions)})")
 
 
 @router.get("/api/benchmarks/config")
@@ -152,10 +144,16 @@ def benchmark_config(state: StateDep, user: UserDep, full: bool = False) -> dict
             types = device["engines"].setdefault(name, {"supported_types": []})
             types["supported_types"] = sorted(set(types["supported_types"])
                                               | set(offer.get("supported_types", [])))
-    runtimes = {name: {"display_name": spec.display_name,
-                       "parameters": [p.as_dict() for p in spec.all_parameters],
-                       "supported_file_extensions": spec.file_extensions}
-                for name, spec in engine_specs().items()}
+    with state.db.session() as session:
+        families = session.scalars(select(EngineFamily).order_by(EngineFamily.name)).all()
+        runtimes = {}
+        for family in families:
+            profile = engine_profile(session, family.name)
+            assert profile is not None
+            runtimes[family.name] = {
+                "display_name": family.display_name,
+                "parameters": [p.as_dict() for p in profile.parameters.values()],
+                "supported_file_extensions": profile.extensions}
     return {"devices": devices, "runtimes": runtimes,
             "limits": {"max_model_bytes": state.settings.max_model_bytes,
                        "max_dataset_bytes": state.settings.max_dataset_bytes,
@@ -300,6 +298,21 @@ def get_binary(bench_id: str, state: StateDep, user: UserDep) -> Any:
         return path
     return FileResponse(path, media_type="application/octet-stream",
                         filename=f"{bench_id}_raw_output.bin")
+
+
+@router.get("/api/benchmarks/{bench_id}/trained-model")
+def get_trained_model(bench_id: str, state: StateDep, user: UserDep) -> Any:
+    bench = _load_visible(state, user, bench_id)
+    if not bench.is_terminal:
+        raise HTTPException(428, f"benchmark {bench_id} is {bench.status}; "
+                                 "its artifacts are not available yet")
+    trained = sorted(state.scheduler.artifact_dir(bench_id).glob("model.*"))
+    if "trained_model" not in bench.artifacts or not trained:
+        return Response(status_code=204)
+    # The dAIEdge client splits on 'filename=' and strips quotes: keep filename last.
+    return FileResponse(trained[0], media_type="application/octet-stream",
+                        headers={"Content-Disposition":
+                                 f'attachment; filename="{trained[0].name}"'})
 
 
 @router.post("/api/benchmarks/{bench_id}/cancel")
