@@ -106,3 +106,23 @@ def wait_status(client: httpx.Client, bench_id: str, status: str, timeout: float
             return
         time.sleep(0.05)
     raise AssertionError(f"benchmark {bench_id} never became {status}")
+
+
+def add_user(server: LiveServer, email: str, password: str = "a long password",
+             admin: bool = False) -> None:
+    done = server.cli("user", "add", email, *(["--admin"] if admin else []),
+                      stdin=password + "\n")
+    assert done.returncode == 0, done.stderr
+
+
+def user_client(server: LiveServer, email: str,
+                password: str = "a long password") -> httpx.Client:
+    """A client authenticated as `email`, created on first use."""
+    response = httpx.post(server.url + "/api/users/login",
+                          json={"email": email, "password": password})
+    if response.status_code == 401:
+        add_user(server, email, password)
+        response = httpx.post(server.url + "/api/users/login",
+                              json={"email": email, "password": password})
+    response.raise_for_status()
+    return server.client(response.json()["access_token"])

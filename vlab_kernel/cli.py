@@ -201,6 +201,28 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Create (default), list or revoke long-lived API tokens of the current user."""
+    with connect() as client:
+        if args.list:
+            rows = client.get_json("/api/users/tokens")
+            print(_table(rows, ["id", "name", "created_at", "revoked"]) if rows
+                  else "no API tokens")
+        elif args.revoke is not None:
+            client.request("DELETE", f"/api/users/tokens/{args.revoke}")
+            print(f"token {args.revoke} revoked")
+        else:
+            created = client.request("POST", "/api/users/tokens",
+                                     json={"name": args.name}).json()
+            if args.json:
+                print(json.dumps(created))
+            else:
+                print(created["token"])
+                print(f"token {created['id']} ({created['name']}): keep it secret; it is "
+                      "shown only once. Use it as VLAB_TOKEN.", file=sys.stderr)
+    return 0
+
+
 def _backend_reachable(client: VlabClient) -> bool:
     try:
         client.status()
@@ -291,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("email")
     add.add_argument("--admin", action="store_true")
     add.set_defaults(func=cmd_user_add)
+
+    token = sub.add_parser("token", help="create, list or revoke API tokens")
+    token.add_argument("--name", default="", help="a label for the new token")
+    token.add_argument("--list", action="store_true", help="list your tokens")
+    token.add_argument("--revoke", type=int, metavar="ID", help="revoke a token")
+    token.add_argument("--json", action="store_true")
+    token.set_defaults(func=cmd_token)
     return parser
 
 

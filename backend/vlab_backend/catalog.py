@@ -7,6 +7,7 @@ administrators add, attach, detach and delete more through `/api/targets/...`.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from sqlalchemy import select
@@ -78,7 +79,7 @@ def attached_parameters(session: Session, engine: str) -> dict[str, ParameterSpe
 
 def find_parameter(session: Session, ident: str) -> EngineParameter | None:
     """By numeric id or by key."""
-    if ident.isdigit():
+    if re.fullmatch(r"\d{1,9}", ident):
         row = session.get(EngineParameter, int(ident))
         if row is not None:
             return row

@@ -14,6 +14,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from vlab_backend.errors import short_message
+
 CONVERSIONS = ("onnx_opset<N>", "onnx_fp16", "openvino")
 IR_XML = "model.xml"
 IR_BIN = "model.bin"
@@ -55,12 +57,20 @@ def convert(source: Path, source_format: str, target: str, out_dir: Path) -> Pat
 
             converted = float16.convert_float_to_float16(model, keep_io_types=True)
         onnx.checker.check_model(converted)
+        _check_loads(converted)
     except Exception as exc:  # converters raise many unrelated types
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"conversion to {target} failed: {message}") from exc
+        raise ConversionError(f"conversion to {target} failed: {short_message(exc)}") from exc
     target_path = out_dir / "converted.onnx"
     onnx.save(converted, str(target_path))
     return target_path
+
+
+def _check_loads(model: object) -> None:
+    """The checker accepts some models no runtime loads; make sure ONNX Runtime does."""
+    import onnxruntime as ort
+
+    ort.InferenceSession(model.SerializeToString(),  # type: ignore[attr-defined]
+                         providers=["CPUExecutionProvider"])
 
 
 def _to_openvino(source: Path, source_format: str, out_dir: Path) -> Path:
@@ -73,8 +83,8 @@ def _to_openvino(source: Path, source_format: str, out_dir: Path) -> Path:
             model = ov.convert_model(str(typed))
             ov.save_model(model, str(Path(work) / IR_XML))
         except Exception as exc:  # OpenVINO raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConversionError(f"conversion to OpenVINO IR failed: {first}") from exc
+            raise ConversionError(
+                f"conversion to OpenVINO IR failed: {short_message(exc)}") from exc
         target_path = out_dir / "converted.zip"
         with zipfile.ZipFile(target_path, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.write(Path(work) / IR_XML, IR_XML)

@@ -5,6 +5,7 @@ Everything is checked before anything is stored: a rejected submission leaves no
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 from dataclasses import dataclass, field
@@ -148,8 +149,9 @@ def store_model(session: Session, store: BlobStore, user: User, upload: Path, fi
 
 def resolve_model_ref(session: Session, user: User, ref: str) -> StoredModel:
     model = None
-    if ref.startswith("model-") and ref[6:].isdigit():
-        query = visible(select(StoredModel).where(StoredModel.id == int(ref[6:])),
+    number = re.fullmatch(r"model-(\d{1,9})", ref)
+    if number is not None:
+        query = visible(select(StoredModel).where(StoredModel.id == int(number.group(1))),
                         StoredModel.owner_id, StoredModel.public, user)
         model = session.scalar(query)
     if model is None:

@@ -31,7 +31,8 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+            declared = value.isascii() and value.isdigit() and int(value)
+            if name == b"content-length" and declared and declared > self.limit:
                 await _reject(send, self.limit)
                 return
         received = 0

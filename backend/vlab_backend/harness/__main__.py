@@ -21,6 +21,7 @@ import numpy as np
 
 from vlab_backend.engines import create_adapter, get_spec
 from vlab_backend.engines.base import EngineAdapter, TensorSpec
+from vlab_backend.errors import short_message
 from vlab_backend.harness import sysinfo
 from vlab_backend.harness.measure import Timings, dataset_runs, timed_runs, warm_up
 from vlab_backend.harness.report import build_report
@@ -130,30 +131,9 @@ def _model_facts(model_path: Path) -> dict[str, Any]:
     return facts
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    spec = get_spec(args.engine)
-    params = spec.resolved_parameters(_load_parameters(args.params))
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(args.progress)
-    model_path = Path(args.model)
-    if not model_path.is_file():
-        raise HarnessError(f"model file {args.model} not found")
-    if model_path.suffix.lstrip(".").lower() not in spec.formats:
-        raise HarnessError(f"engine {spec.name} cannot run {model_path.suffix} models "
-                           f"(supported: {', '.join(spec.file_extensions)})")
-    cpus = sysinfo.pinned_cpus()
-    threads = int(params["threads"]) or len(cpus)
-
-    baseline = sysinfo.current_rss_bytes()
-    progress("load", 0, 1)
-    adapter: EngineAdapter = create_adapter(args.engine)
-    t0 = time.perf_counter()
-    adapter.load(model_path, params, threads)
-    init_time = time.perf_counter() - t0
-    inputs_spec = adapter.inputs()
-    timings = Timings()
-
+def _measure(args: argparse.Namespace, adapter: EngineAdapter, inputs_spec: list[TensorSpec],
+             params: dict[str, Any], timings: Timings, out_dir: Path,
+             progress: Progress) -> None:
     if args.type == "TYPE2":
         if not args.dataset:
             raise HarnessError("TYPE2 needs a dataset (DATASET_FILENAME)")
@@ -176,6 +156,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         timed_runs(adapter, args.runs, params["min_time_s"], timings, progress)
     else:
         raise HarnessError(f"benchmark type {args.type} is not supported by this target")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    spec = get_spec(args.engine)
+    params = spec.resolved_parameters(_load_parameters(args.params))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(args.progress)
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        raise HarnessError(f"model file {args.model} not found")
+    if model_path.suffix.lstrip(".").lower() not in spec.formats:
+        raise HarnessError(f"engine {spec.name} cannot run {model_path.suffix} models "
+                           f"(supported: {', '.join(spec.file_extensions)})")
+    cpus = sysinfo.pinned_cpus()
+    threads = int(params["threads"]) or len(cpus)
+
+    baseline = sysinfo.current_rss_bytes()
+    progress("load", 0, 1)
+    adapter: EngineAdapter = create_adapter(args.engine)
+    t0 = time.perf_counter()
+    try:
+        adapter.load(model_path, params, threads)
+    except Exception as exc:  # engines raise their own exception types
+        raise HarnessError(f"{args.engine} could not load {model_path.name}: "
+                           f"{short_message(exc)}") from exc
+    init_time = time.perf_counter() - t0
+    inputs_spec = adapter.inputs()
+    timings = Timings()
+    try:
+        _measure(args, adapter, inputs_spec, params, timings, out_dir, progress)
+    except (HarnessError, ValueError):
+        raise
+    except Exception as exc:
+        raise HarnessError(f"inference with {args.engine} failed: {short_message(exc)}") from exc
 
     peak = sysinfo.peak_rss_bytes()
     measured = {

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from vlab_backend.engines.base import TensorSpec
+from vlab_backend.errors import short_message
 from vlab_backend.intake.inspect import ModelInfo, ModelRejected
 
 
@@ -23,8 +24,8 @@ def inspect_tflite(path: Path, filename: str) -> ModelInfo:
         interpreter = Interpreter(model_path=str(path), num_threads=1)
         interpreter.allocate_tensors()
     except Exception as exc:  # the interpreter raises ValueError/RuntimeError variants
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelRejected(f"{filename}: the TFLite model cannot be loaded: {message}") from exc
+        raise ModelRejected(
+            f"{filename}: the TFLite model cannot be loaded: {short_message(exc)}") from exc
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()
     produced = {int(i) for op in ops for i in op["outputs"]}

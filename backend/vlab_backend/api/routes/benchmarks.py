@@ -183,7 +183,7 @@ def _filtered(engine: str | None, platform: str | None, benchmark_type: str | No
     return query
 
 
-Page = Annotated[int, Query(ge=1)]
+Page = Annotated[int, Query(ge=1, le=1_000_000)]
 PageLength = Annotated[int, Query(ge=1, le=1000)]
 
 
@@ -271,7 +271,10 @@ def _artifact(state: AppState, user: User, bench_id: str, name: str, filename: s
 
 @router.get("/api/benchmarks/{bench_id}/results")
 def get_results(bench_id: str, state: StateDep, user: UserDep) -> Any:
-    path = _artifact(state, user, bench_id, "report", "report.json")
+    """The report: report.json, or report_odt.json for on-device training (TYPE3)."""
+    bench = _load_visible(state, user, bench_id)
+    name = "report_odt" if bench.benchmark_type == "TYPE3" else "report"
+    path = _artifact(state, user, bench_id, name, f"{name}.json")
     if isinstance(path, Response):
         return path
     return Response(path.read_bytes(), media_type="application/json")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel
 from sqlalchemy import select
 
@@ -87,7 +87,8 @@ def list_tokens(state: StateDep, user: UserDep) -> list[dict[str, Any]]:
 
 
 @router.delete("/api/users/tokens/{token_id}")
-def revoke_token(token_id: int, state: StateDep, user: UserDep) -> dict[str, Any]:
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], state: StateDep,
+                 user: UserDep) -> dict[str, Any]:
     with state.db.session() as session:
         row = session.get(ApiToken, token_id)
         if row is None or row.user_id != user.id:
