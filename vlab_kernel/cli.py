@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlab_kernel.client import VlabClient, VlabError, connect
+from vlab_kernel.client import VlabClient
 from vlab_kernel.connection import resolve
+from vlab_kernel.errors import VlabError
 from vlab_kernel.progress import ProgressPrinter
 
 
@@ -72,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    with connect() as client:
+    with VlabClient() as client:
         targets = client.targets()
     if args.json:
         print(json.dumps(targets, indent=1))
@@ -119,7 +120,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if dataset is not None and not dataset.is_file():
         raise UsageError(f"dataset file {dataset} not found")
     benchmark_type = args.type or ("TYPE2" if dataset else "TYPE1")
-    with connect() as client:
+    with VlabClient() as client:
         bench_id = client.submit(model, args.target, args.engine, runs=args.runs,
                                  benchmark_type=benchmark_type, dataset=dataset, params=params,
                                  public=args.public)
@@ -159,7 +160,7 @@ RESULT_COLUMNS = ["id", "status", "target", "engine", "model", "benchmark_type",
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    with connect() as client:
+    with VlabClient() as client:
         rows = client.results(target=args.target, engine=args.engine, model=args.model,
                               status=args.status)
     if args.json:
@@ -203,7 +204,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     """Create (default), list or revoke long-lived API tokens of the current user."""
-    with connect() as client:
+    with VlabClient() as client:
         if args.list:
             rows = client.get_json("/api/users/tokens")
             print(_table(rows, ["id", "name", "created_at", "revoked"]) if rows
@@ -234,7 +235,7 @@ def _backend_reachable(client: VlabClient) -> bool:
 def cmd_lab(args: argparse.Namespace) -> int:
     """JupyterLab with the embedded backend (started here unless one answers at VLAB_URL)."""
     backend = None
-    with connect() as client:
+    with VlabClient() as client:
         if not _backend_reachable(client):
             url = resolve().url
             port = url.rsplit(":", 1)[-1].split("/")[0]

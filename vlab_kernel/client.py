@@ -11,19 +11,12 @@ from typing import Any
 import httpx
 
 from vlab_kernel.connection import Connection, resolve
+from vlab_kernel.errors import BadRequest, ConnectionFailed, error_for
 
 TERMINAL = ("success", "failed", "canceled")
 
 
-class VlabError(Exception):
-    """An error answered by the server (with its message) or a connection problem."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _message(response: httpx.Response) -> str:
+def error_message(response: httpx.Response) -> str:
     try:
         body = response.json()
         if isinstance(body, dict):
@@ -62,12 +55,13 @@ class VlabClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
-            raise VlabError(f"cannot reach the VLab API at {self.connection.url} "
-                            "(start it with `vlab serve`)") from exc
+            raise ConnectionFailed(f"cannot reach the VLab API at {self.connection.url} "
+                                   "(start it with `vlab serve`)") from exc
         except httpx.HTTPError as exc:
-            raise VlabError(f"request to {self.connection.url}{path} failed: {exc}") from exc
+            raise ConnectionFailed(
+                f"request to {self.connection.url}{path} failed: {exc}") from exc
         if response.status_code >= 400:
-            raise VlabError(_message(response), response.status_code)
+            raise error_for(response.status_code, error_message(response))
         return response
 
     def get_json(self, path: str, **params: Any) -> Any:
@@ -115,7 +109,7 @@ class VlabClient:
             data["model_ref"] = str(model)
             return str(self.request("POST", "/api/benchmarks/run", data=data).json()["id"])
         if not model_path.is_file():
-            raise VlabError(f"model file {model_path} not found")
+            raise BadRequest(f"model file {model_path} not found")
         with model_path.open("rb") as handle:
             response = self.request("POST", "/api/benchmarks/run", data=data,
                                     files={"model": (model_path.name, handle)})
@@ -132,12 +126,12 @@ class VlabClient:
                                    timeout=httpx.Timeout(60.0, read=None)) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise VlabError(_message(response), response.status_code)
+                    raise error_for(response.status_code, error_message(response))
                 for line in response.iter_lines():
                     if line.startswith("data: "):
                         yield json.loads(line[6:])
         except httpx.ConnectError as exc:
-            raise VlabError(f"cannot reach the VLab API at {self.connection.url}") from exc
+            raise ConnectionFailed(f"cannot reach the VLab API at {self.connection.url}") from exc
 
     def wait(self, bench_id: str,
              on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -165,7 +159,3 @@ class VlabClient:
         return result
 
 
-def connect(url: str | None = None, token: str | None = None) -> VlabClient:
-    """A client for the backend found from the arguments, the environment or the local
-    credential."""
-    return VlabClient(resolve(url, token))

@@ -1,0 +1,62 @@
+"""The embedded VLab backend: a `vlab serve` subprocess on a free local port."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedBackend:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "local-admin.token").read_text().strip()
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / "embedded-backend.log").open("ab")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "vlab_kernel.cli", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir), "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the embedded VLab backend exited; see "
+                                   f"{self.data_dir / 'embedded-backend.log'}")
+            try:
+                if httpx.get(self.url + "/api/benchmarks/status", timeout=1).status_code == 200 \
+                        and (self.data_dir / "local-admin.token").exists():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the embedded VLab backend did not start in time")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None

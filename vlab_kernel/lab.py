@@ -1,0 +1,312 @@
+"""`Lab` and `Benchmark`: the notebook-facing API, returning pandas objects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from vlab_kernel.client import TERMINAL, VlabClient, error_message
+from vlab_kernel.connection import resolve
+from vlab_kernel.errors import BenchmarkFailed, NotReady, VlabError, error_for
+
+ModelLike = str | Path | bytes | Any  # a path, a "model-N" reference, bytes, or onnx.ModelProto
+
+
+@contextmanager
+def model_file(model: ModelLike) -> Iterator[Path | str]:
+    """A path (or stored reference) for any accepted model form; temporary files are removed."""
+    if isinstance(model, str | Path):
+        yield model if str(model).startswith("model-") else Path(model)
+        return
+    if isinstance(model, bytes | bytearray):
+        name, data = ("model.tflite" if bytes(model[4:8]) == b"TFL3" else "model.onnx",
+                      bytes(model))
+    elif hasattr(model, "SerializeToString") and hasattr(model, "graph"):
+        name, data = f"{model.graph.name or 'model'}.onnx", model.SerializeToString()
+    else:
+        raise TypeError("model must be a path, a 'model-N' reference, bytes or an "
+                        f"onnx.ModelProto, not {type(model).__name__}")
+    directory = Path(tempfile.mkdtemp(prefix="vlab-model-"))
+    try:
+        path = directory / name
+        path.write_bytes(data)
+        yield path
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class Benchmark:
+    """A submitted benchmark. Its properties query the server; finished reports are cached."""
+
+    def __init__(self, lab: Lab, bench_id: str) -> None:
+        self.lab = lab
+        self.id = bench_id
+        self._final: dict[str, Any] | None = None
+        self._report: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Benchmark {self.id} {self.status}>"
+
+    def info(self) -> dict[str, Any]:
+        """The benchmark's description (status, target, engine, metrics, ...)."""
+        if self._final is not None:
+            return self._final
+        info = self.lab.client.benchmark(self.id)
+        if info["status"] in TERMINAL:
+            self._final = info
+        return info
+
+    @property
+    def status(self) -> str:
+        return str(self.info()["status"])
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def wait(self, progress: bool = True, raise_on_failure: bool = True) -> Benchmark:
+        """Follow the server's events until the benchmark ends (no polling)."""
+        bar = _ProgressBar(self.id) if progress else None
+        try:
+            self._final = self.lab.client.wait(self.id, bar.update if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._finished(raise_on_failure)
+
+    async def wait_async(self, raise_on_failure: bool = True) -> Benchmark:
+        """`wait` for asyncio code: `await bench.wait_async()`."""
+        connection = self.lab.client.connection
+        headers = {"Authorization": f"Bearer {connection.token}"} if connection.token else {}
+        async with httpx.AsyncClient(base_url=connection.url, headers=headers,
+                                     timeout=httpx.Timeout(60.0, read=None)) as client, \
+                client.stream("GET", f"/api/benchmarks/{self.id}/events") as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise error_for(response.status_code, error_message(response))
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    if event.get("event") == "status" and event.get("status") in TERMINAL:
+                        break
+        self._final = await asyncio.to_thread(self.lab.client.benchmark, self.id)
+        return self._finished(raise_on_failure)
+
+    def _finished(self, raise_on_failure: bool) -> Benchmark:
+        final = self._final or {}
+        if raise_on_failure and final.get("status") != "success":
+            error = BenchmarkFailed(f"benchmark {self.id} {final.get('status')}: "
+                                    f"{final.get('message') or 'see its error log'}")
+            error.benchmark = final  # type: ignore[attr-defined]
+            raise error
+        return self
+
+    def cancel(self) -> str:
+        return self.lab.client.cancel(self.id)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The full report (report.json). NotReady until the benchmark has ended."""
+        if self._report is None:
+            if not self.done:
+                raise NotReady(f"benchmark {self.id} is {self.status}; call .wait() first", 428)
+            report = self.lab.client.report(self.id)
+            if report is None:
+                raise VlabError(f"benchmark {self.id} ended without a report "
+                                f"({self.info().get('message')})")
+            self._report = report
+        return self._report
+
+    @property
+    def latencies(self) -> pd.Series:
+        """Every timed inference, in seconds, in run order."""
+        samples = self.report["inference_latency"]["samples"]
+        return pd.Series(samples, name="latency_s", dtype="float64").rename_axis("inference")
+
+    @property
+    def logs(self) -> dict[str, str]:
+        return {"user": self.lab.client.log(self.id, "user-log"),
+                "error": self.lab.client.log(self.id, "error-log")}
+
+    def summary(self) -> dict[str, Any]:
+        """One flat row: identity, status and metrics."""
+        info = self.info()
+        return {"id": self.id, "model": info["model"], "target": info["device"],
+                "target_uid": info["target_uid"], "engine": info["engine"],
+                "benchmark_type": info["benchmark_type"], "status": info["status"],
+                "message": info["message"], **(info.get("metrics") or {})}
+
+    def _repr_html_(self) -> str:
+        row = self.summary()
+        shown = {k: row.get(k) for k in ("id", "model", "target_uid", "engine", "status",
+                                          "latency_mean_s", "latency_p90_s",
+                                          "peak_memory_bytes")}
+        return pd.DataFrame([shown]).to_html(index=False)
+
+
+class _ProgressBar:
+    def __init__(self, bench_id: str) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=1, desc=f"{bench_id} pending", unit="inf", leave=True)
+
+    def update(self, event: dict[str, Any]) -> None:
+        progress = event.get("progress") or {}
+        phase = progress.get("phase") or ""
+        self._bar.set_description_str(f"{event.get('id')} {phase or event.get('status')}",
+                                      refresh=False)
+        if phase == "inference" and progress.get("total"):
+            if self._bar.total != progress["total"]:
+                self._bar.reset(total=progress["total"])
+            self._bar.n = progress["done"]
+        if event.get("status") == "success":
+            self._bar.n = self._bar.total
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _name_of(model: ModelLike) -> str:
+    if isinstance(model, str | Path):
+        return Path(model).name if not str(model).startswith("model-") else str(model)
+    if hasattr(model, "graph"):
+        return f"{model.graph.name or 'model'}.onnx"
+    return "model"
+
+
+class Lab:
+    """The workbench, as seen from a notebook."""
+
+    def __init__(self, client: VlabClient) -> None:
+        self.client = client
+
+    def __repr__(self) -> str:
+        return f"<Lab {self.client.connection.url}>"
+
+    # -- discovery -------------------------------------------------------------------------
+    def targets(self) -> pd.DataFrame:
+        """One row per target instance: state (busy/free), cores, engines, queue length."""
+        rows = []
+        for target in self.client.targets():
+            for instance in target["instances"]:
+                rows.append({
+                    "target": target["target"], "target_uid": instance["target_uid"],
+                    "state": instance["state"], "benchmark_id": instance["benchmark_id"],
+                    "cpuset": instance["cpuset"], "engines": sorted(instance["engines"]),
+                    "queue_length": target["queue_length"]})
+        return pd.DataFrame(rows, columns=["target", "target_uid", "state", "benchmark_id",
+                                           "cpuset", "engines", "queue_length"])
+
+    def engines(self) -> pd.DataFrame:
+        """One row per engine: file types, targets offering it, parameters."""
+        config = self.client.config()
+        offered: dict[str, list[str]] = {}
+        for target, device in config["devices"].items():
+            for engine in device["engines"]:
+                offered.setdefault(engine, []).append(target)
+        rows = [{"engine": name, "display_name": runtime["display_name"],
+                 "file_extensions": runtime["supported_file_extensions"],
+                 "targets": sorted(offered.get(name, [])),
+                 "parameters": [p["key"] for p in runtime["parameters"]]}
+                for name, runtime in config["runtimes"].items()]
+        return pd.DataFrame(rows, columns=["engine", "display_name", "file_extensions",
+                                           "targets", "parameters"])
+
+    # -- benchmarks ------------------------------------------------------------------------
+    def benchmark(self, model: ModelLike, target: str, engine: str, *, runs: int = 20,
+                  type: str | None = None, dataset: str | Path | None = None,
+                  params: dict[str, Any] | None = None, target_uids: list[str] | None = None,
+                  public: bool = False, wait: bool = False) -> Benchmark:
+        """Submit a benchmark. `model`: a path, a stored `model-N` reference, bytes or an
+        `onnx.ModelProto`. Returns at once unless `wait=True`."""
+        benchmark_type = type or ("TYPE2" if dataset is not None else "TYPE1")
+        with model_file(model) as path:
+            bench_id = self.client.submit(
+                path, target, engine, runs=runs, benchmark_type=benchmark_type,
+                dataset=Path(dataset) if dataset is not None else None, params=params,
+                target_uids=target_uids, public=public)
+        bench = Benchmark(self, bench_id)
+        return bench.wait() if wait else bench
+
+    async def benchmark_async(self, model: ModelLike, target: str, engine: str,
+                              **options: Any) -> Benchmark:
+        """Submit and wait without blocking the event loop: `await lab.benchmark_async(...)`."""
+        bench = await asyncio.to_thread(self.benchmark, model, target, engine, **options)
+        return await bench.wait_async(raise_on_failure=False)
+
+    def get(self, bench_id: str) -> Benchmark:
+        return Benchmark(self, bench_id)
+
+    def results(self, include_public: bool = False, **filters: Any) -> pd.DataFrame:
+        """One row per benchmark with flattened metrics. Filters: target, engine, model,
+        status, benchmark_type."""
+        rows = self.client.results(include_public=include_public, **filters)
+        frame = pd.DataFrame(rows)
+        for column in ("created_at", "finished_at"):
+            if column in frame:
+                frame[column] = pd.to_datetime(frame[column], format="ISO8601")
+        return frame
+
+    def sweep(self, models: Iterable[ModelLike], targets: Iterable[str],
+              engines: Iterable[str], *, runs: int = 20, type: str | None = None,
+              dataset: str | Path | None = None, params: dict[str, Any] | None = None,
+              progress: bool = True) -> pd.DataFrame:
+        """Every model × target × engine, submitted at once and run concurrently on the free
+        instances; one row each. Combinations the server refuses get status `rejected`."""
+        combos = list(product(list(models), list(targets), list(engines)))
+        submitted: list[tuple[ModelLike, str, str, Benchmark | VlabError]] = []
+        for model, target, engine in combos:
+            try:
+                bench = self.benchmark(model, target, engine, runs=runs, type=type,
+                                       dataset=dataset, params=params)
+                submitted.append((model, target, engine, bench))
+            except VlabError as exc:
+                submitted.append((model, target, engine, exc))
+        benches = [b for *_, b in submitted if isinstance(b, Benchmark)]
+        bar = None
+        if progress and benches:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(benches), desc="sweep", unit="benchmark")
+
+        def finish(bench: Benchmark) -> None:
+            bench.wait(progress=False, raise_on_failure=False)
+            if bar is not None:
+                bar.update(1)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(benches)))) as pool:
+            list(pool.map(finish, benches))
+        if bar is not None:
+            bar.close()
+        rows = []
+        for model, target, engine, outcome in submitted:
+            base = {"model": _name_of(model), "target": target, "engine": engine}
+            if isinstance(outcome, Benchmark):
+                summary = outcome.summary()
+                summary.pop("model", None)
+                summary.pop("target", None)
+                rows.append({**base, **{k: v for k, v in summary.items() if k != "engine"}})
+            else:
+                rows.append({**base, "status": "rejected", "message": outcome.message})
+        return pd.DataFrame(rows)
+
+    async def sweep_async(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        return await asyncio.to_thread(self.sweep, *args, **kwargs)
+
+
+def connect(url: str | None = None, token: str | None = None) -> Lab:
+    """The workbench: inside a kernel started by the Jupyter extension no configuration is
+    needed; else `VLAB_URL`/`VLAB_TOKEN`, else this machine's local credential."""
+    return Lab(VlabClient(resolve(url, token)))
