@@ -55,9 +55,9 @@ class _ProxyHandler(APIHandler):
         finally:
             await response.aclose()
 
-    def _query(self) -> list[tuple[str, str]]:
-        return [(key, value.decode()) for key, values in self.request.query_arguments.items()
-                for value in values]
+    def _query(self) -> httpx.QueryParams:
+        return httpx.QueryParams([(key, value.decode()) for key, values
+                                  in self.request.query_arguments.items() for value in values])
 
 
 class BackendProxyHandler(_ProxyHandler):

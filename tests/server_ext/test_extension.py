@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -21,7 +21,7 @@ from tests.server import LiveServer, free_port
 class FakeNomad(BaseHTTPRequestHandler):
     """Answers GET /v1/jobs like Nomad; records what it saw."""
 
-    seen: list[tuple[str, str, str | None]] = []
+    seen: ClassVar[list[tuple[str, str, str | None]]] = []
 
     def do_GET(self) -> None:
         FakeNomad.seen.append(("GET", self.path, self.headers.get("X-Nomad-Token")))
