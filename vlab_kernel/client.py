@@ -121,8 +121,12 @@ class VlabClient:
 
     def events(self, bench_id: str) -> Iterator[dict[str, Any]]:
         """Server-sent events of one benchmark, until it reaches a terminal state."""
+        yield from self.stream(f"/api/benchmarks/{bench_id}/events")
+
+    def stream(self, path: str) -> Iterator[dict[str, Any]]:
+        """The JSON events of a server-sent event stream."""
         try:
-            with self._http.stream("GET", f"/api/benchmarks/{bench_id}/events",
+            with self._http.stream("GET", path,
                                    timeout=httpx.Timeout(60.0, read=None)) as response:
                 if response.status_code >= 400:
                     response.read()

@@ -1,0 +1,114 @@
+"""The notebook API: Lab and Benchmark, DataFrames, model forms, sweeps, async, magics."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import onnx
+import pandas as pd
+import pytest
+
+from tests.models import conv_model
+from tests.server import LiveServer
+from vlab_kernel import BadRequest, BenchmarkFailed, NotFound, NotReady, connect
+from vlab_kernel.lab import Lab
+
+
+@pytest.fixture
+def lab(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> Lab:
+    monkeypatch.setenv("VLAB_URL", server.url)
+    monkeypatch.setenv("VLAB_DATA_DIR", str(server.data_dir))
+    monkeypatch.delenv("VLAB_TOKEN", raising=False)
+    return connect()  # no arguments: the environment and the local credential
+
+
+def test_targets_and_engines_are_dataframes(lab: Lab) -> None:
+    targets = lab.targets()
+    assert isinstance(targets, pd.DataFrame)
+    assert set(targets["target"]) == {"host-cpu"} and "state" in targets
+    engines = lab.engines().set_index("engine")
+    assert engines.loc["tflite", "file_extensions"] == [".tflite"]
+    assert "host-cpu" in engines.loc["onnxruntime", "targets"]
+
+
+def test_benchmark_from_a_path_bytes_and_a_modelproto(lab: Lab, small_onnx: Path,
+                                                      tmp_path: Path) -> None:
+    bench = lab.benchmark(small_onnx, "host-cpu", "onnxruntime", runs=12).wait(progress=False)
+    assert bench.status == "success" and bench.done
+    latencies = bench.latencies
+    assert isinstance(latencies, pd.Series) and len(latencies) == 12
+    assert latencies.mean() == pytest.approx(bench.report["inference_latency"]["mean"])
+    assert "12 inferences" in bench.logs["user"]
+    from_bytes = lab.benchmark(small_onnx.read_bytes(), "host-cpu", "openvino", runs=3,
+                               wait=True)
+    assert from_bytes.info()["model"] == "model.onnx"
+    proto = onnx.load(conv_model(tmp_path / "p.onnx", channels=2))
+    from_proto = lab.benchmark(proto, "host-cpu", "onnxruntime", runs=3, wait=True)
+    assert from_proto.info()["model"] == "conv_net.onnx"
+    with pytest.raises(TypeError):
+        lab.benchmark(42, "host-cpu", "onnxruntime")
+
+
+def test_typed_errors_carry_the_server_message(lab: Lab, small_onnx: Path) -> None:
+    with pytest.raises(BadRequest, match="cannot run onnx models") as error:
+        lab.benchmark(small_onnx, "host-cpu", "tflite")
+    assert error.value.status == 400
+    with pytest.raises(NotFound, match="unknown target 'mars'"):
+        lab.benchmark(small_onnx, "mars", "onnxruntime")
+    bench = lab.benchmark(small_onnx, "host-cpu", "onnxruntime", runs=3,
+                          params={"min_time_s": 1})
+    with pytest.raises(NotReady):
+        _ = bench.report
+    bench.cancel()
+    with pytest.raises(BenchmarkFailed, match="canceled"):
+        bench.wait(progress=False)
+
+
+def test_results_are_one_row_per_benchmark(lab: Lab, small_onnx: Path) -> None:
+    lab.benchmark(small_onnx, "host-cpu", "onnxruntime", runs=4, wait=True)
+    results = lab.results(engine="onnxruntime", status="success")
+    assert {"id", "model", "engine", "latency_mean_s", "peak_memory_bytes"} <= set(results)
+    assert set(results["engine"]) == {"onnxruntime"}
+    assert pd.api.types.is_datetime64_any_dtype(results["created_at"])
+
+
+def test_sweep_runs_the_grid(lab: Lab, small_onnx: Path, face_tflite: Path) -> None:
+    frame = lab.sweep([small_onnx, face_tflite], ["host-cpu"], ["onnxruntime", "tflite"],
+                      runs=5, progress=False)
+    assert len(frame) == 4
+    by = frame.set_index(["model", "engine"])["status"]
+    assert by[("small_conv.onnx", "onnxruntime")] == "success"
+    assert by[("face_detection_short_range.tflite", "tflite")] == "success"
+    assert by[("small_conv.onnx", "tflite")] == "rejected"  # wrong format: one row, a reason
+    ok = frame[frame["status"] == "success"]
+    assert ok["latency_mean_s"].notna().all()
+
+
+def test_async_variants(lab: Lab, small_onnx: Path) -> None:
+    async def main() -> list[str]:
+        benches = await asyncio.gather(*[
+            lab.benchmark_async(small_onnx, "host-cpu", "onnxruntime", runs=3)
+            for _ in range(2)])
+        return [b.status for b in benches]
+
+    assert asyncio.run(main()) == ["success", "success"]
+
+
+def test_magics(lab: Lab, small_onnx: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = start_ipython()
+    assert ip is not None
+    ip.run_line_magic("load_ext", "vlab_kernel")
+    targets = ip.run_line_magic("vlab", "targets")
+    assert isinstance(targets, pd.DataFrame) and not targets.empty
+    bench = ip.run_line_magic(
+        "vlab", f"bench {small_onnx} --target host-cpu --engine onnxruntime --runs 3 "
+                "--param threads=1")
+    assert bench.status == "success"
+    assert ip.run_line_magic("vlab", "bench") is None
+    assert "the following arguments are required" in capsys.readouterr().out
+    assert ip.run_line_magic("vlab", f"bench {small_onnx} --target host-cpu --engine tflite") \
+        is None
+    assert "cannot run onnx models" in capsys.readouterr().out

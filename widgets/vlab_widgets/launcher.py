@@ -1,0 +1,235 @@
+"""The launcher: pick or upload a model, a target and an engine, launch, follow, see results."""
+
+from __future__ import annotations
+
+import html
+import json
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from vlab_kernel.errors import BadRequest
+from vlab_kernel.lab import Benchmark, Lab, connect
+from vlab_widgets.common import Message, in_background
+from vlab_widgets.plots import latency_trace
+
+MS = 1e3
+
+
+def model_summary_html(model: dict[str, Any]) -> str:
+    """Format, tensors, parameters and FLOPs of a library model."""
+    tensors = "".join(
+        f"<li>{kind} <code>{html.escape(t['name'])}</code> {t['shape']} {t['dtype']}</li>"
+        for kind, items in (("in", model.get("inputs", [])), ("out", model.get("outputs", [])))
+        for t in items)
+    params = model.get("nb_parameters") or 0
+    flops = model.get("flops") or 0
+    opset = f", opset {model['opset']}" if model.get("opset") else ""
+    return (f'<div class="vlab-model-summary"><b>{html.escape(model["filename"])}</b> '
+            f"({model['format']}{opset}, {model['size']:,} bytes): {params:,} parameters, "
+            f"{flops / 1e6:,.1f} MFLOPs per inference<ul>{tensors}</ul></div>")
+
+
+def result_summary_html(bench: Benchmark) -> str:
+    report = bench.report
+    latency = report["inference_latency"]
+    return (f'<div class="vlab-result"><b>{html.escape(bench.id)}</b>: '
+            f"{report['nb_inference']} inferences on {html.escape(str(report['target_id']))} "
+            f"with {html.escape(report['inference_engine'])} — mean "
+            f"{latency['mean'] * MS:.3f} ms, p90 {latency['p90'] * MS:.3f} ms, p99 "
+            f"{latency['p99'] * MS:.3f} ms, peak memory "
+            f"{report['peak_memory_bytes'] / 2**20:.1f} MiB</div>")
+
+
+class Launcher(w.VBox):
+    """Everything needed to launch one benchmark, fed by the live API."""
+
+    def __init__(self, lab: Lab | None = None) -> None:
+        self.lab = lab or connect()
+        self.models: dict[str, dict[str, Any]] = {}
+        self.config: dict[str, Any] = {}
+        self.current: Benchmark | None = None
+        self.task: Future[Any] | None = None
+
+        style = {"description_width": "90px"}
+        self.upload = w.FileUpload(accept=".onnx,.tflite,.zip", multiple=False,
+                                   description="Upload model")
+        self.path = w.Text(placeholder="or a model file on the server", description="Path",
+                           style=style)
+        self.add_path = w.Button(description="Add", tooltip="add this file to your models")
+        self.model = w.Dropdown(description="Model", options=[], style=style)
+        self.model_summary = w.HTML()
+        self.target = w.Dropdown(description="Target", options=[], style=style)
+        self.engine = w.Dropdown(description="Engine", options=[], style=style)
+        self.benchmark_type = w.ToggleButtons(options=["TYPE1", "TYPE2"], value="TYPE1",
+                                              description="Type", style=style)
+        self.dataset = w.Text(placeholder="raw dataset file (TYPE2)", description="Dataset",
+                              style=style)
+        self.runs = w.BoundedIntText(value=100, min=1, max=100_000, description="Runs",
+                                     style=style)
+        self.params = w.Textarea(placeholder='{"threads": 1}', description="Parameters",
+                                 style=style)
+        self.launch = w.Button(description="Launch", button_style="primary", icon="play")
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="")
+        self.message = Message()
+        self.result = w.HTML()
+        self.plot = go.FigureWidget()
+        self.plot.layout.height = 320
+
+        self.upload.observe(self._on_upload, names="value")
+        self.add_path.on_click(self._on_add_path)
+        self.model.observe(self._on_model, names="value")
+        self.target.observe(lambda _change: self._update_engines(), names="value")
+        self.launch.on_click(self._on_launch)
+        super().__init__([
+            w.HTML("<h3>Launch a benchmark</h3>"),
+            w.HBox([self.upload, self.path, self.add_path]), self.model, self.model_summary,
+            self.target, self.engine, self.benchmark_type, self.dataset, self.runs, self.params,
+            w.HBox([self.launch, self.progress]), self.message, self.result, self.plot])
+        self.add_class("vlab-launcher")
+        self.refresh()
+
+    # -- state from the API --------------------------------------------------------------
+    def refresh(self) -> None:
+        """Reload targets, engines and the model library."""
+        try:
+            self.config = self.lab.client.config()
+            self.models = {m["model"]: m for m in
+                           self.lab.client.get_json("/api/models/list")["models"]}
+        except Exception as error:
+            self.message.show_error(error)
+            return
+        targets = sorted(self.config["devices"])
+        self.target.options = targets
+        if self.target.value is None and targets:
+            self.target.value = targets[0]
+        self._set_model_options()
+        self._update_engines()
+        self.add_class("vlab-ready")
+
+    def _set_model_options(self) -> None:
+        current = self.model.value
+        self.model.options = [(f"{m['filename']} ({ref})", ref) for ref, m in
+                              self.models.items()]
+        if current in self.models:
+            self.model.value = current
+
+    def engines_for(self, target: str | None, model: dict[str, Any] | None) -> list[str]:
+        """Engines the target offers that run the model's format."""
+        if not target:
+            return []
+        offered = self.config["devices"].get(target, {}).get("engines", {})
+        runtimes = self.config["runtimes"]
+        names = sorted(offered)
+        if model is not None:
+            extension = "." + model["format"]
+            names = [n for n in names if extension in
+                     runtimes.get(n, {}).get("supported_file_extensions", [])]
+        return names
+
+    def _update_engines(self) -> None:
+        model = self.models.get(self.model.value) if self.model.value else None
+        engines = self.engines_for(self.target.value, model)
+        current = self.engine.value
+        self.engine.options = engines
+        self.engine.value = current if current in engines else (engines[0] if engines else None)
+        self.launch.disabled = not (engines and self.model.value)
+
+    def _on_model(self, change: dict[str, Any]) -> None:
+        model = self.models.get(change["new"]) if change["new"] else None
+        self.model_summary.value = model_summary_html(model) if model else ""
+        self._update_engines()
+
+    # -- models ----------------------------------------------------------------------------
+    def add_model(self, name: str, content: bytes) -> dict[str, Any]:
+        """Upload a model to the library and select it."""
+        response = self.lab.client.request("POST", "/api/models/download",
+                                           files={"model": (name, content)})
+        model: dict[str, Any] = response.json()
+        self.models[model["model"]] = model
+        self._set_model_options()
+        self.model.value = model["model"]
+        self.message.show(f"{model['filename']} added to your models as {model['model']}")
+        return model
+
+    def _on_upload(self, change: dict[str, Any]) -> None:
+        for item in change["new"]:
+            try:
+                self.add_model(item["name"], bytes(item["content"]))
+            except Exception as error:
+                self.message.show_error(error)
+
+    def _on_add_path(self, _button: w.Button) -> None:
+        path = Path(self.path.value.strip()).expanduser()
+        if not path.is_file():
+            self.message.show_error(BadRequest(f"model file {path} not found"))
+            return
+        try:
+            self.add_model(path.name, path.read_bytes())
+        except Exception as error:
+            self.message.show_error(error)
+
+    # -- launching -------------------------------------------------------------------------
+    def parameters(self) -> dict[str, Any]:
+        text = self.params.value.strip()
+        if not text:
+            return {}
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadRequest(f"parameters must be a JSON object ({exc.msg})") from exc
+        if not isinstance(value, dict):
+            raise BadRequest("parameters must be a JSON object")
+        return value
+
+    def _on_launch(self, _button: w.Button) -> None:
+        try:
+            params = self.parameters()
+        except BadRequest as error:
+            self.message.show_error(error)
+            return
+        self.launch.disabled = True
+        self.result.value = ""
+        self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
+        self.message.show("submitting…")
+        self.task = in_background(lambda: self._run(params))
+
+    def _run(self, params: dict[str, Any]) -> None:
+        try:
+            dataset = self.dataset.value.strip() or None
+            bench = self.lab.benchmark(self.model.value, self.target.value, self.engine.value,
+                                       runs=self.runs.value, type=self.benchmark_type.value,
+                                       dataset=dataset, params=params)
+            self.current = bench
+            self.message.show(f"{bench.id} submitted")
+            final = self.lab.client.wait(bench.id, self._on_event)
+            if final["status"] != "success":
+                self.progress.bar_style = "danger"
+                detail = bench.logs["error"].strip().splitlines()
+                reason = final["message"] or (detail[-1] if detail else "see its error log")
+                self.message.show_error(BadRequest(f"{bench.id} {final['status']}: {reason}"))
+                return
+            self.progress.value, self.progress.bar_style = self.progress.max, "success"
+            self.result.value = result_summary_html(bench)
+            with self.plot.batch_update():
+                self.plot.data = ()
+                trace = latency_trace(bench.latencies).data[0]
+                self.plot.add_trace(trace)
+                self.plot.layout.title = f"Latency per inference — {bench.id}"
+                self.plot.layout.yaxis.title = "latency (ms)"
+            self.message.show(f"{bench.id} finished")
+        except Exception as error:
+            self.message.show_error(error)
+        finally:
+            self.launch.disabled = False
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        progress = event.get("progress") or {}
+        if progress.get("phase") == "inference" and progress.get("total"):
+            self.progress.max = progress["total"]
+            self.progress.value = min(progress["done"], progress["total"])
+        state = progress.get("phase") if event.get("event") == "progress" else event["status"]
+        self.message.show(f"{event['id']}: {state}")
