@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test lint typecheck bench clean
+.PHONY: setup lab dashboard test lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing the workbench with its test tools"
@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 lab: setup
-	@echo ">> starting JupyterLab with the embedded VLab backend"
+	@echo ">> starting JupyterLab; its VLab extension starts the embedded backend"
 	$(BIN)/vlab lab
+
+dashboard: setup
+	@echo ">> serving notebooks/dashboard.ipynb with Voila on http://127.0.0.1:8866"
+	$(BIN)/vlab dashboard
 
 lint: setup
 	@echo ">> ruff"

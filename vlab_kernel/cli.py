@@ -6,11 +6,11 @@ import argparse
 import csv
 import getpass
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from exc
     if args.runner != "local":
         raise UsageError(f"runner {args.runner!r} is not available in this version; use 'local'")
+    try:
+        settings.lock_data_dir()
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
     uvicorn.run(create_app(settings), host=args.host, port=args.port,
                 log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
@@ -232,8 +236,12 @@ def _backend_reachable(client: VlabClient) -> bool:
         return False
 
 
-def cmd_lab(args: argparse.Namespace) -> int:
-    """JupyterLab with the embedded backend (started here unless one answers at VLAB_URL)."""
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@contextmanager
+def backend_running() -> Iterator[None]:
+    """Use the backend at VLAB_URL, or start the embedded one for the duration."""
     backend = None
     with VlabClient() as client:
         if not _backend_reachable(client):
@@ -249,17 +257,58 @@ def cmd_lab(args: argparse.Namespace) -> int:
                 backend.terminate()
                 raise UsageError(f"the embedded backend did not start on {url}")
             print(f"VLab backend running at {url}", file=sys.stderr)
-    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "explore.ipynb"
+    try:
+        yield
+    finally:
+        if backend is not None:
+            backend.terminate()
+            backend.wait(timeout=15)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """JupyterLab with the extension (which finds or starts the backend)."""
+    notebook = NOTEBOOKS / "explore.ipynb"
     command = [sys.executable, "-m", "jupyterlab", *args.jupyter_args]
     opens_a_path = any(not a.startswith("-") for a in args.jupyter_args)
     if notebook.is_file() and not opens_a_path:
         command.append(str(notebook))
-    try:
-        return subprocess.call(command, env=os.environ.copy())
-    finally:
-        if backend is not None:
-            backend.terminate()
-            backend.wait(timeout=10)
+    return subprocess.call(command)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """The read-only Voila dashboard of results."""
+    with backend_running():
+        return subprocess.call([sys.executable, "-m", "voila", str(NOTEBOOKS / "dashboard.ipynb"),
+                                "--no-browser", f"--port={args.port}", "--strip_sources=True",
+                                "--show_tracebacks=False", *args.jupyter_args])
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run notebooks/sweep.ipynb with papermill: every model x target x engine."""
+    import papermill
+
+    models = [str(Path(m).resolve()) for m in args.models]
+    missing = [m for m in models if not Path(m).is_file()]
+    if missing:
+        raise UsageError(f"model file {missing[0]} not found")
+    out = Path(args.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    parameters = {"models": models, "targets": args.targets, "engines": args.engines,
+                  "runs": args.runs, "benchmark_type": args.type, "output_dir": str(out)}
+    with backend_running():
+        try:
+            papermill.execute_notebook(str(NOTEBOOKS / "sweep.ipynb"), str(out / "sweep.ipynb"),
+                                       parameters=parameters, kernel_name="python3",
+                                       progress_bar=False, cwd=str(out))
+        except papermill.PapermillExecutionError as exc:
+            raise UsageError(f"the sweep failed: {exc.ename}: {exc.evalue} "
+                             f"(see {out / 'sweep.ipynb'})") from None
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    print(_table(rows, ["model", "target", "engine", "status", "latency_mean_s",
+                        "latency_p90_s", "peak_memory_bytes"]))
+    print(f"results: {out / 'results.csv'}, figures: {out / 'figures.html'}")
+    return 0
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -280,6 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="JupyterLab with the embedded backend; other arguments "
                          "go to JupyterLab")
     lab.set_defaults(func=cmd_lab, jupyter_args=[])
+
+    dashboard = sub.add_parser("dashboard", help="the read-only Voila dashboard; other "
+                               "arguments go to Voila")
+    dashboard.add_argument("--port", type=int, default=8866)
+    dashboard.set_defaults(func=cmd_dashboard, jupyter_args=[])
+
+    sweep = sub.add_parser("sweep", help="run notebooks/sweep.ipynb with papermill")
+    sweep.add_argument("--models", nargs="+", required=True)
+    sweep.add_argument("--targets", nargs="+", required=True)
+    sweep.add_argument("--engines", nargs="+", required=True)
+    sweep.add_argument("--runs", type=int, default=50)
+    sweep.add_argument("--type", default="TYPE1", choices=["TYPE1", "TYPE2"])
+    sweep.add_argument("-o", "--output", default="sweep-results")
+    sweep.set_defaults(func=cmd_sweep)
 
     targets = sub.add_parser("targets", help="targets, instances, engines and their state")
     targets.add_argument("--json", action="store_true")
@@ -328,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "lab":
+        if args.command not in ("lab", "dashboard"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.jupyter_args = extra
     handler: Callable[[argparse.Namespace], int] = args.func

@@ -86,6 +86,20 @@ class Settings:
     def secret_file(self) -> Path:
         return self.data_dir / "jwt.secret"
 
+    def lock_data_dir(self) -> int:
+        """Hold an exclusive lock on the data dir for this process's lifetime (returns the fd):
+        two schedulers on one store would run the same queue twice."""
+        import fcntl
+
+        self.ensure_dirs()
+        fd = os.open(self.data_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(f"another VLab server is using {self.data_dir}") from None
+        return fd
+
     def ensure_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for sub in (self.models_dir, self.datasets_dir, self.jobs_dir, self.artifacts_dir,

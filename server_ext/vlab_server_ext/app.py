@@ -10,6 +10,7 @@ import httpx
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Unicode
 
+from vlab_kernel.connection import DEFAULT_URL
 from vlab_server_ext.backend import EmbeddedBackend
 from vlab_server_ext.handlers import BackendProxyHandler, NomadProxyHandler
 
@@ -18,6 +19,13 @@ def _default_data_dir() -> str:
     from vlab_kernel.connection import data_dir
 
     return str(data_dir())
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/api/benchmarks/status", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class VLabExtension(ExtensionApp):
@@ -42,13 +50,16 @@ class VLabExtension(ExtensionApp):
 
     def initialize_settings(self) -> None:
         url, token = self.backend_url.rstrip("/"), self.backend_token
+        data_dir = Path(self.data_dir or _default_data_dir())
+        if not url and _answers(DEFAULT_URL) and (data_dir / "local-admin.token").is_file():
+            url = DEFAULT_URL  # a `vlab serve` of this user is already running
         if not url:
-            self._embedded = EmbeddedBackend(Path(self.data_dir or _default_data_dir()))
+            self._embedded = EmbeddedBackend(data_dir)
             self.log.info("starting the embedded VLab backend in %s", self._embedded.data_dir)
             self._embedded.start()
             url, token = self._embedded.url, self._embedded.token
         elif not token:
-            credential = Path(self.data_dir or _default_data_dir()) / "local-admin.token"
+            credential = data_dir / "local-admin.token"
             token = credential.read_text().strip() if credential.is_file() else ""
         # Kernels inherit the server's environment: `vlab_kernel.connect()` finds the backend.
         os.environ["VLAB_URL"] = url

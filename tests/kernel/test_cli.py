@@ -122,3 +122,9 @@ def test_vlab_token_overrides_the_local_credential(server: LiveServer) -> None:
     done = server.cli("targets", VLAB_TOKEN="vlab_bogus")
     assert done.returncode == 1
     assert "invalid or revoked API token" in one_error_line(done.stderr)
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(server: LiveServer) -> None:
+    done = server.cli("serve", "--port", "9", "--data-dir", str(server.data_dir))
+    assert done.returncode == 1
+    assert f"another VLab server is using {server.data_dir}" in one_error_line(done.stderr)
