@@ -6,6 +6,7 @@ import argparse
 import csv
 import getpass
 import json
+import os
 import subprocess
 import sys
 import time
@@ -269,6 +270,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     """JupyterLab with the extension (which finds or starts the backend)."""
     notebook = NOTEBOOKS / "explore.ipynb"
     command = [sys.executable, "-m", "jupyterlab", *args.jupyter_args]
+    if os.geteuid() == 0 and "--allow-root" not in command:
+        command.append("--allow-root")  # containers and CI machines often run as root
     opens_a_path = any(not a.startswith("-") for a in args.jupyter_args)
     if notebook.is_file() and not opens_a_path:
         command.append(str(notebook))
