@@ -195,7 +195,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     settings = Settings()
     settings.ensure_dirs()
     db = Database(settings.db_url)
-    db.create_all()
+    db.migrate()
     try:
         with db.session() as session:
             create_user(session, args.email, password, is_admin=args.admin)

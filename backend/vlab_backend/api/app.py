@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        db.create_all()
+        db.migrate()
         with db.session() as session:
             ensure_local_admin(session, settings.credential_file)
         instances = (load_target_config(settings.targets_file) if settings.targets_file
