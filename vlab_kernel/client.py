@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from vlab_backend.blobstore import sha256_file
 from vlab_kernel.connection import Connection, resolve
 from vlab_kernel.errors import BadRequest, ConnectionFailed, error_for
 
@@ -24,14 +24,6 @@ def error_message(response: httpx.Response) -> str:
     except ValueError:
         pass
     return response.text.strip() or response.reason_phrase
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class VlabClient:
@@ -83,7 +75,7 @@ class VlabClient:
 
     def ensure_dataset(self, path: Path) -> str:
         """Upload the dataset unless the server has it; returns its `<name>_<sha256>` ref."""
-        ref = f"{path.name}_{file_sha256(path)}"
+        ref = f"{path.name}_{sha256_file(path)}"
         if ref not in self.get_json("/api/benchmarks/datasets"):
             with path.open("rb") as handle:
                 self.request("POST", "/api/benchmarks/datasets/upload",

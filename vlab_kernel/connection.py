@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-DEFAULT_URL = "http://127.0.0.1:8765"
+from vlab_backend.config import DEFAULT_URL
+from vlab_backend.config import default_data_dir as data_dir
+
 CREDENTIAL_FILE = "local-admin.token"
-
-
-def data_dir() -> Path:
-    explicit = os.environ.get("VLAB_DATA_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg) / "vlab"
+__all__ = ["DEFAULT_URL", "Connection", "data_dir", "resolve"]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ def test_no_input_causes_a_server_error(tmp_path: Path) -> None:
         headers = {"Authorization": f"Bearer {access}"}
         failures: list[str] = []
         statuses: collections.Counter[int] = collections.Counter()
-        operations = [result.ok() for result in schema.get_all_operations()]
+        # Server-sent event streams stay open by design: they are tested on their own.
+        operations = [op for op in (result.ok() for result in schema.get_all_operations())
+                      if not op.path.endswith("/events")]
         assert len(operations) > 40
         for operation in operations:
 

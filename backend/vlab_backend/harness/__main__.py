@@ -8,7 +8,6 @@ unless given as options. Outputs go to --out (report.json, raw_output.bin for TY
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vlab_backend.blobstore import sha256_file
 from vlab_backend.engines import create_adapter, get_spec
 from vlab_backend.engines.base import EngineAdapter, TensorSpec
 from vlab_backend.errors import short_message
@@ -119,11 +119,8 @@ def _load_parameters(path: str | None) -> dict[str, Any]:
 def _model_facts(model_path: Path) -> dict[str, Any]:
     """Size and hash here; parameters and FLOPs from the platform's intake (VLAB_MODEL_FACTS),
     so that no model analysis runs in the measured process."""
-    digest = hashlib.sha256()
-    with model_path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    facts: dict[str, Any] = {"size": model_path.stat().st_size, "sha256": digest.hexdigest()}
+    facts: dict[str, Any] = {"size": model_path.stat().st_size,
+                             "sha256": sha256_file(model_path)}
     facts_file = os.environ.get("VLAB_MODEL_FACTS")
     if facts_file and Path(facts_file).is_file():
         known = json.loads(Path(facts_file).read_text())

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response, Streami
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from vlab_backend.api import sse
 from vlab_backend.api.state import AppState, StateDep, UserDep
 from vlab_backend.api.uploads import safe_filename, save_upload
 from vlab_backend.api.views import benchmark_view, result_row
@@ -23,6 +24,7 @@ from vlab_backend.intake import ModelInfo
 from vlab_backend.scheduler import benchmark_event
 from vlab_backend.store.schema import (
     ALL_STATUSES,
+    TERMINAL_STATUSES,
     Benchmark,
     EngineFamily,
     TargetInstance,
@@ -355,20 +357,11 @@ async def events(bench_id: str, state: StateDep, user: UserDep) -> StreamingResp
     async def stream() -> AsyncIterator[str]:
         async with state.hub.subscribe(bench_id) as queue:
             bench = await run_in_threadpool(_load_visible, state, user, bench_id)
-            current = {"id": bench.id, **benchmark_event(bench)}
-            yield f"data: {json.dumps(current)}\n\n"
+            yield sse.message({"id": bench.id, **benchmark_event(bench)})
             if bench.is_terminal:
                 return
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=15)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                yield f"data: {json.dumps(event)}\n\n"
-                if event.get("event") == "status" and event.get("status") in (
-                        "success", "failed", "canceled"):
-                    return
+            async for chunk in sse.relay(queue, lambda event: event, lambda event: (
+                    event.get("event") == "status" and event.get("status") in TERMINAL_STATUSES)):
+                yield chunk
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return sse.event_stream(stream())

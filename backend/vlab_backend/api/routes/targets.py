@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 
+from vlab_backend.api import sse
 from vlab_backend.api.state import StateDep, UserDep
 from vlab_backend.api.views import instance_view
 from vlab_backend.events import ALL
@@ -23,20 +23,17 @@ async def target_events(state: StateDep, user: UserDep) -> StreamingResponse:
     """Server-sent `{"event": "targets"}` whenever an instance or a queue changes, so that
     target boards refresh without polling. Carries no benchmark details."""
 
+    changed = {"event": "targets"}
+
     async def stream() -> AsyncIterator[str]:
         async with state.hub.subscribe(ALL) as queue:
-            yield 'data: {"event": "targets"}\n\n'
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=15)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                if event.get("event") == "status":
-                    yield 'data: {"event": "targets"}\n\n'
+            yield sse.message(changed)
+            async for chunk in sse.relay(
+                    queue, lambda event: changed if event.get("event") == "status" else None,
+                    lambda _event: False):
+                yield chunk
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return sse.event_stream(stream())
 
 
 @router.get("/api/targets/overview")
