@@ -7,6 +7,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from vlab_backend.pipeline import JobSpec, run_pipeline
 
 STEP_FILES = {
@@ -137,3 +139,16 @@ def test_job_is_pinned_to_its_cpuset(tmp_path: Path) -> None:
         os._exit(0)
     os.waitpid(pid, 0)
     assert (out_dir(job_dir) / "cpus.txt").read_text().split()[-1] == str(core)
+
+
+def test_server_secrets_do_not_reach_the_target(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLAB_TOKEN", "vlab_secret-token")
+    monkeypatch.setenv("VLAB_DATABASE_URL", "postgresql://vlab:hunter2@db/vlab")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "xyz")
+    repo = make_repository(tmp_path / "repo", {"manager": 'env > "$VLAB_OUT_DIR/env.txt"'})
+    job_dir = make_job(tmp_path, repo)
+    assert run_pipeline(job_dir)["exit_code"] == 0
+    seen = (out_dir(job_dir) / "env.txt").read_text()
+    assert "secret-token" not in seen and "hunter2" not in seen and "xyz" not in seen
+    assert "PATH=" in seen and "MODEL_FILENAME=" in seen

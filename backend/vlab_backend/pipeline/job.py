@@ -67,6 +67,18 @@ def timestamped(filename: str) -> str:
     return f"{path.stem}_{datetime.now().strftime('%Y%m%d%H%M%S')}{path.suffix}"
 
 
+# The only variables of the server's environment that target scripts see: nothing secret
+# (tokens, database URLs) can leak into their logs.
+INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+             "VIRTUAL_ENV", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+INHERITED_PREFIXES = ("LC_", "OMP_", "MKL_")
+
+
+def inherited_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if k in INHERITED or k.startswith(INHERITED_PREFIXES)}
+
+
 def functions_path() -> Path:
     return Path(str(files("vlab_backend.pipeline")))
 
@@ -80,7 +92,7 @@ def _prepare_workdir(spec: JobSpec, job_dir: Path) -> tuple[Path, dict[str, str]
     (work / OUT_DIR).mkdir(parents=True, exist_ok=True)
     model_name = timestamped(spec.model_filename)
     shutil.copyfile(spec.model_path, work / model_name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLAB_TOKEN")}
+    env = inherited_environment()
     env.update({
         "TARGET": spec.target,
         "TARGET_UID": spec.target_uid,
