@@ -25,7 +25,8 @@ from vlab_backend.blobstore import BlobStore
 from vlab_backend.config import Settings
 from vlab_backend.events import EventHub
 from vlab_backend.pipeline.job import PROGRESS_FILE, RESULT_FILE, JobSpec
-from vlab_backend.runners.local import LocalRunner, ProcessRef, read_pid_file
+from vlab_backend.runners.base import Runner
+from vlab_backend.runners.local import LocalRunner
 from vlab_backend.store.database import Database
 from vlab_backend.store.schema import (
     ACTIVE_STATUSES,
@@ -47,24 +48,24 @@ def benchmark_event(bench: Benchmark) -> dict[str, Any]:
 
 class Scheduler:
     def __init__(self, settings: Settings, db: Database, hub: EventHub,
-                 runner: LocalRunner | None = None) -> None:
+                 runner: Runner | None = None) -> None:
         self.settings = settings
         self.db = db
         self.hub = hub
-        self.runner = runner or LocalRunner()
+        self.runner: Runner = runner or LocalRunner()
         self.models = BlobStore(settings.models_dir)
         self.datasets = BlobStore(settings.datasets_dir)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._refs: dict[str, ProcessRef] = {}
+        self._refs: dict[str, str] = {}
         self._canceling: set[str] = set()
         self._main: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.recover()
+        await self.recover()
         self._main = asyncio.create_task(self._dispatch_loop())
 
     async def stop(self) -> None:
@@ -170,7 +171,7 @@ class Scheduler:
                 shutil.rmtree(job_dir)
             job_dir.mkdir(parents=True)
             spec.write(job_dir)
-            ref = await self.runner.start(job_dir, spec.cpuset)
+            ref = await self.runner.start(job_dir, spec)
         except Exception as exc:
             log.exception("could not start %s", bench_id)
             self._finalize(bench_id, Outcome("failed", f"could not start the job: {exc}"))
@@ -181,18 +182,18 @@ class Scheduler:
         with self.db.session() as session:
             bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
             assert bench is not None
-            bench.pid, bench.pid_started_at = ref.pid, ref.started_at
+            bench.runner_ref = ref
             bench.started_at = datetime.now(UTC)
             if bench_id not in self._canceling:
                 bench.status = "running"
             self._publish(bench)
         await self._follow(bench_id, ref)
 
-    async def _follow(self, bench_id: str, ref: ProcessRef) -> None:
-        """Relay progress until the process ends, then collect the job."""
+    async def _follow(self, bench_id: str, ref: str) -> None:
+        """Relay progress until the job ends, then collect it."""
         watcher = asyncio.create_task(self._watch_progress(bench_id))
         try:
-            await self.runner.wait(ref)
+            await self.runner.wait(self.job_dir(bench_id), ref)
         finally:
             watcher.cancel()
         self._refs.pop(bench_id, None)
@@ -276,17 +277,17 @@ class Scheduler:
         return "canceled"
 
     # -- recovery --------------------------------------------------------------------------
-    def recover(self) -> None:
+    async def recover(self) -> None:
         """Bring every benchmark left active by a previous server process to a known state."""
         with self.db.session() as session:
             active = session.scalars(select(Benchmark).where(
                 Benchmark.status.in_(ACTIVE_STATUSES))).all()
-            plans = [(b.id, b.pid, b.pid_started_at) for b in active]
-        for bench_id, pid, started_at in plans:
+            plans = [(b.id, b.runner_ref) for b in active]
+        for bench_id, stored_ref in plans:
             job_dir = self.job_dir(bench_id)
-            ref = ProcessRef(pid, started_at) if pid and started_at else read_pid_file(job_dir)
-            if ref is not None and ref.alive():
-                log.info("re-adopting running benchmark %s (pid %s)", bench_id, ref.pid)
+            ref = stored_ref or self.runner.reference_in(job_dir)
+            if ref is not None and await self.runner.alive(ref):
+                log.info("re-adopting running benchmark %s (%s)", bench_id, ref)
                 self._refs[bench_id] = ref
                 self._mark_running(bench_id, ref)
                 self._spawn(self._follow(bench_id, ref))
@@ -298,11 +299,11 @@ class Scheduler:
                     bench_id, interrupted="the job's process ended while the server was down")
         self.wake()
 
-    def _mark_running(self, bench_id: str, ref: ProcessRef) -> None:
+    def _mark_running(self, bench_id: str, ref: str) -> None:
         with self.db.session() as session:
             bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
             assert bench is not None
-            bench.status, bench.pid, bench.pid_started_at = "running", ref.pid, ref.started_at
+            bench.status, bench.runner_ref = "running", ref
 
     def _requeue(self, bench_id: str) -> None:
         with self.db.session() as session:

@@ -43,7 +43,7 @@ def test_jobs_that_died_with_the_server_end_failed(fresh_server: LiveServer,
                           parameters={"min_time_s": 30}).json()["id"]
         wait_status(client, bench_id, "running")
     pid_file = server.data_dir / "jobs" / bench_id / "pid"
-    pipeline_pid = int(pid_file.read_text().split()[0])
+    pipeline_pid = int(pid_file.read_text().split(":")[0])
     server.kill9()
     os.killpg(pipeline_pid, signal.SIGKILL)
     server.start()

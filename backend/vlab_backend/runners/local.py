@@ -1,7 +1,8 @@
 """The local runner: the pipeline as a subprocess in its own session, pinned to the cpuset.
 
 The pipeline runs in a new session so that it survives a crash of the server; the scheduler
-re-adopts it on restart from the pid recorded in the database and in the job directory.
+re-adopts it on restart from its reference (`<pid>:<process start time>`), kept in the
+database and in the job directory.
 """
 
 from __future__ import annotations
@@ -16,13 +17,23 @@ from pathlib import Path
 
 import psutil
 
+from vlab_backend.pipeline.job import JobSpec
+
 PID_FILE = "pid"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProcessRef:
     pid: int
     started_at: float  # psutil create_time, to tell a reused pid apart
+
+    def __str__(self) -> str:
+        return f"{self.pid}:{self.started_at}"
+
+    @classmethod
+    def parse(cls, ref: str) -> ProcessRef:
+        pid, started = ref.split(":", 1)
+        return cls(int(pid), float(started))
 
     def alive(self) -> bool:
         try:
@@ -39,47 +50,53 @@ class LocalRunner:
     def __init__(self) -> None:
         self._children: dict[int, asyncio.subprocess.Process] = {}
 
-    async def start(self, job_dir: Path, cpuset: list[int]) -> ProcessRef:
+    async def start(self, job_dir: Path, spec: JobSpec) -> str:
         with (job_dir / "pipeline.out").open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "vlab_backend.pipeline", str(job_dir),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True)
-        if cpuset:
+        if spec.cpuset:
             # The pipeline pins itself from its spec too; this closes the start-up window.
-            os.sched_setaffinity(proc.pid, set(cpuset))
+            os.sched_setaffinity(proc.pid, set(spec.cpuset))
         ref = ProcessRef(proc.pid, psutil.Process(proc.pid).create_time())
-        (job_dir / PID_FILE).write_text(f"{ref.pid} {ref.started_at}\n")
+        (job_dir / PID_FILE).write_text(f"{ref}\n")
         self._children[proc.pid] = proc
-        return ref
+        return str(ref)
 
-    async def wait(self, ref: ProcessRef) -> None:
+    async def wait(self, job_dir: Path, ref: str) -> None:
         """Until the job's process has ended (own child or adopted after a restart)."""
-        proc = self._children.pop(ref.pid, None)
+        process = ProcessRef.parse(ref)
+        proc = self._children.pop(process.pid, None)
         if proc is not None:
             await proc.wait()
             return
-        while ref.alive():
+        while process.alive():
             await asyncio.sleep(0.2)
 
-    async def cancel(self, ref: ProcessRef, grace_s: float = 3.0) -> None:
+    async def cancel(self, ref: str, grace_s: float = 3.0) -> None:
         """SIGTERM to the whole process group, SIGKILL after the grace period."""
-        if not ref.alive():
+        process = ProcessRef.parse(ref)
+        if not process.alive():
             return
         try:
-            os.killpg(ref.pid, signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        deadline = asyncio.get_running_loop().time() + grace_s
-        while ref.alive() and asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while process.alive() and loop.time() < deadline:
             await asyncio.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(ref.pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)
 
+    async def alive(self, ref: str) -> bool:
+        return ProcessRef.parse(ref).alive()
 
-def read_pid_file(job_dir: Path) -> ProcessRef | None:
-    try:
-        pid, started = (job_dir / PID_FILE).read_text().split()
-        return ProcessRef(int(pid), float(started))
-    except (OSError, ValueError):
-        return None
+    def reference_in(self, job_dir: Path) -> str | None:
+        try:
+            text = (job_dir / PID_FILE).read_text().strip()
+            ProcessRef.parse(text)
+            return text
+        except (OSError, ValueError):
+            return None

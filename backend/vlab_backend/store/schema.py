@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -134,6 +134,18 @@ class EngineParameterLink(Base):
         ForeignKey("engine_parameters.id", ondelete="CASCADE"))
 
 
+class JobCredential(Base):
+    """A short-lived credential for one benchmark's pipeline on a remote host: it can read that
+    job's inputs and post its outputs, nothing else. Only its SHA-256 is stored."""
+
+    __tablename__ = "job_credentials"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    benchmark_id: Mapped[str] = mapped_column(String(32), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 ACTIVE_STATUSES = ("queued", "running")
 WAITING_STATUSES = ("pending",)
 TERMINAL_STATUSES = ("success", "failed", "canceled")
@@ -160,8 +172,8 @@ class Benchmark(Base):
     status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
     message: Mapped[str] = mapped_column(String(2000), default="")
     target_uid: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
-    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    pid_started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # What the runner needs to find the job again after a restart (a pid, a Nomad job id).
+    runner_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
     progress_done: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
     progress_phase: Mapped[str] = mapped_column(String(32), default="")
