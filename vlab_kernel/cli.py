@@ -66,8 +66,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             load_target_config(settings.targets_file)
         except TargetConfigError as exc:
             raise UsageError(str(exc)) from exc
-    if args.runner != "local":
-        raise UsageError(f"runner {args.runner!r} is not available in this version; use 'local'")
     try:
         settings.lock_data_dir()
     except RuntimeError as exc:

@@ -135,3 +135,34 @@ def ensure_local_admin(session: Session, credential_file: Path) -> None:
             return
     token = create_api_token(session, admin, "local admin credential")
     _write_private(credential_file, token)
+
+
+JOB_TOKEN_PREFIX = "vlabjob_"
+
+
+def issue_job_credential(session: Session, benchmark_id: str) -> str:
+    """A credential valid for one benchmark's inputs and outputs, until revoked."""
+    from vlab_backend.store.schema import JobCredential
+
+    token = JOB_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(JobCredential(benchmark_id=benchmark_id, token_hash=token_digest(token)))
+    return token
+
+
+def job_of_credential(session: Session, token: str) -> str:
+    """The benchmark a job credential was issued for; AuthError when invalid or revoked."""
+    from vlab_backend.store.schema import JobCredential
+
+    row = session.scalar(select(JobCredential).where(
+        JobCredential.token_hash == token_digest(token)))
+    if row is None or row.revoked:
+        raise AuthError("invalid or revoked job credential")
+    return row.benchmark_id
+
+
+def revoke_job_credentials(session: Session, benchmark_id: str) -> None:
+    from vlab_backend.store.schema import JobCredential
+
+    for row in session.scalars(select(JobCredential).where(
+            JobCredential.benchmark_id == benchmark_id)):
+        row.revoked = True

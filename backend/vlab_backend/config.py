@@ -44,6 +44,13 @@ class Settings:
         "deploy": _env_int("VLAB_TIMEOUT_DEPLOY_S", 300),
         "manager": _env_int("VLAB_TIMEOUT_MANAGER_S", 1800),
     })
+    nomad_addr: str = field(default_factory=lambda: os.environ.get("NOMAD_ADDR",
+                                                                   "http://127.0.0.1:4646"))
+    nomad_token: str = field(default_factory=lambda: os.environ.get("NOMAD_TOKEN", ""))
+    nomad_namespace: str = field(default_factory=lambda: os.environ.get("NOMAD_NAMESPACE",
+                                                                        "default"))
+    # The API address pipelines on other hosts use (Nomad runner).
+    public_url: str = field(default_factory=lambda: os.environ.get("VLAB_PUBLIC_URL", ""))
     access_token_minutes: int = 60
     refresh_token_days: int = 7
 

@@ -162,7 +162,9 @@ class Scheduler:
             dataset_path=dataset_path, dataset_filename=dataset_filename,
             parameters=bench.parameters, cpuset=list(instance.cpuset),
             step_timeouts_s=dict(self.settings.step_timeouts_s), env=dict(offer.get("env", {})),
-            model_facts={k: model.info.get(k) for k in ("nb_parameters", "flops")})
+            model_facts={k: model.info.get(k) for k in ("nb_parameters", "flops")},
+            image=offer.get("image", ""), devices=list(offer.get("devices", [])),
+            volumes=list(offer.get("volumes", [])), memory=dict(instance.memory))
 
     async def _execute(self, bench_id: str, spec: JobSpec) -> None:
         job_dir = self.job_dir(bench_id)

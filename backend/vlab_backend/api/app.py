@@ -17,6 +17,7 @@ from vlab_backend import __version__, catalog
 from vlab_backend.api.routes import (
     benchmarks,
     datasets,
+    jobs,
     models,
     resources,
     status,
@@ -29,6 +30,8 @@ from vlab_backend.api.uploads import BodySizeLimit, UploadTooLarge
 from vlab_backend.auth import TokenService, ensure_local_admin, load_or_create_secret
 from vlab_backend.config import Settings
 from vlab_backend.events import EventHub
+from vlab_backend.runners.base import Runner
+from vlab_backend.runners.local import LocalRunner
 from vlab_backend.scheduler import Scheduler
 from vlab_backend.store.database import Database
 from vlab_backend.store.schema import TargetInstance
@@ -54,6 +57,14 @@ def sync_targets(db: Database, instances: list[InstanceConfig]) -> None:
             row.enabled = False
 
 
+def make_runner(settings: Settings, db: Database) -> Runner:
+    if settings.runner == "nomad":
+        from vlab_backend.runners.nomad import NomadRunner
+
+        return NomadRunner(settings, db)
+    return LocalRunner()
+
+
 def _error_body(message: str) -> dict[str, str]:
     # `error` is what the dAIEdge client reads; `detail` is FastAPI's convention.
     return {"error": message, "detail": message}
@@ -70,7 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                      tokens=TokenService(load_or_create_secret(settings.secret_file),
                                          settings.access_token_minutes,
                                          settings.refresh_token_days),
-                     hub=hub, scheduler=Scheduler(settings, db, hub))
+                     hub=hub,
+                     scheduler=Scheduler(settings, db, hub, runner=make_runner(settings, db)))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -98,7 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
     # Literal paths (datasets, train, fl, ...) before the /api/benchmarks/{id} patterns.
     for router in (status.router, users.router, datasets.router, training.router,
-                   benchmarks.router, models.router, targets.router, resources.router):
+                   benchmarks.router, models.router, targets.router, resources.router,
+                   jobs.router):
         app.include_router(router)
 
     @app.exception_handler(HTTPException)

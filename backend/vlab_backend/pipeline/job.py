@@ -52,6 +52,12 @@ class JobSpec:
     odt_config: dict[str, Any] = field(default_factory=dict)
     # Files placed at the repository root under their name (TYPE3 datasets): name -> path.
     extra_files: dict[str, str] = field(default_factory=dict)
+    # For runners that start the pipeline elsewhere (Nomad): the engine's image and host
+    # resources from the target configuration.
+    image: str = ""
+    devices: list[Any] = field(default_factory=list)
+    volumes: list[Any] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
 
     def write(self, job_dir: Path) -> None:
         (job_dir / SPEC_FILE).write_text(json.dumps(asdict(self), indent=1))
@@ -166,8 +172,9 @@ def _user_error(work: Path, message: str) -> None:
 def run_pipeline(job_dir: Path) -> dict[str, Any]:
     """Run the job in `job_dir` and write its result; returns the result."""
     spec = JobSpec.read(job_dir)
-    if spec.cpuset:
-        os.sched_setaffinity(0, set(spec.cpuset))
+    cores = set(spec.cpuset) & os.sched_getaffinity(0)
+    if cores:
+        os.sched_setaffinity(0, cores)
     logs = job_dir / "steps"
     logs.mkdir(exist_ok=True)
     result: dict[str, Any] = {"steps": [], "exit_code": 0, "message": "", "started": time.time()}

@@ -1,0 +1,116 @@
+"""Endpoints for pipelines running on other hosts, authenticated by their single-job
+credential: read the job's spec and inputs, report progress, post the outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+
+from vlab_backend.api.state import AppState, StateDep
+from vlab_backend.api.uploads import safe_filename, save_upload
+from vlab_backend.auth import JOB_TOKEN_PREFIX, AuthError, job_of_credential
+from vlab_backend.pipeline.job import OUT_DIR, PROGRESS_FILE, RESULT_FILE, JobSpec
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+_bearer = HTTPBearer(auto_error=False)
+# Spec fields that only make sense on the server.
+SERVER_ONLY = ("repository", "model_path", "dataset_path", "extra_files", "image", "devices",
+               "volumes", "memory", "env")
+
+
+def job_access(bench_id: str, state: StateDep,
+               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+               ) -> Path:
+    """The job dir of `bench_id`, if the request carries that job's credential."""
+    token = credentials.credentials if credentials else ""
+    if not token.startswith(JOB_TOKEN_PREFIX):
+        raise HTTPException(401, "a job credential is required")
+    with state.db.session() as session:
+        try:
+            granted = job_of_credential(session, token)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc)) from exc
+    if granted != bench_id:
+        raise HTTPException(403, "this credential belongs to another job")
+    job_dir = state.scheduler.job_dir(bench_id)
+    if not (job_dir / "job.json").is_file():
+        raise HTTPException(404, f"job {bench_id} is not running")
+    return job_dir
+
+
+JobDir = Annotated[Path, Depends(job_access)]
+
+
+@router.get("/{bench_id}/spec")
+def job_spec(bench_id: str, job_dir: JobDir) -> dict[str, Any]:
+    spec = JobSpec.read(job_dir)
+    data = {k: v for k, v in spec.__dict__.items() if k not in SERVER_ONLY}
+    data["inputs"] = ["model"] + (["dataset"] if spec.dataset_path else []) + sorted(
+        spec.extra_files)
+    return data
+
+
+@router.get("/{bench_id}/inputs/{name}")
+def job_input(bench_id: str, name: str, job_dir: JobDir) -> FileResponse:
+    spec = JobSpec.read(job_dir)
+    paths = {"model": spec.model_path, "dataset": spec.dataset_path, **spec.extra_files}
+    path = paths.get(name)
+    if not path:
+        raise HTTPException(404, f"job {bench_id} has no input {name!r}")
+    return FileResponse(path, media_type="application/octet-stream")
+
+
+class Progress(BaseModel):
+    phase: str
+    done: int
+    total: int
+
+
+@router.post("/{bench_id}/progress")
+def job_progress(bench_id: str, body: Progress, job_dir: JobDir) -> dict[str, bool]:
+    tmp = job_dir / (PROGRESS_FILE + ".tmp")
+    tmp.write_text(f"{safe_filename(body.phase, 'running')} {body.done} {body.total}\n")
+    os.replace(tmp, job_dir / PROGRESS_FILE)
+    return {"ok": True}
+
+
+@router.post("/{bench_id}/outputs")
+async def job_outputs(bench_id: str, request: Request, job_dir: JobDir,
+                      state: StateDep) -> dict[str, Any]:
+    """Multipart parts: `out` (files of AI_Manager/out), `steps` (step logs) and `result`
+    (pipeline.json). Names are reduced to their base name; sizes are limited."""
+    form = await request.form(max_files=64)
+    saved: list[str] = []
+    for field, destination in (("out", job_dir / "work" / OUT_DIR), ("steps",
+                                                                      job_dir / "steps")):
+        destination.mkdir(parents=True, exist_ok=True)
+        for part in form.getlist(field):
+            if isinstance(part, UploadFile):
+                saved.append(await _store(state, part, destination))
+    result = form.get("result")
+    if isinstance(result, UploadFile):
+        data = await result.read(1024 * 1024)
+        try:
+            parsed = json.loads(data)
+            int(parsed["exit_code"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HTTPException(400, "result must be the pipeline's JSON result") from exc
+        (job_dir / RESULT_FILE).write_text(json.dumps(parsed))
+        saved.append(RESULT_FILE)
+    return {"saved": saved}
+
+
+async def _store(state: AppState, part: UploadFile, destination: Path) -> str:
+    name = safe_filename(part.filename, "output")
+    temporary = await save_upload(part, state.settings.tmp_dir,
+                                  state.settings.max_dataset_bytes, "output")
+    os.replace(temporary, destination / name)
+    return name

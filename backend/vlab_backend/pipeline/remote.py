@@ -1,0 +1,102 @@
+"""`python -m vlab_backend.pipeline.remote`: the pipeline inside a target's container.
+
+It reads its job from the API with its single-job credential (VLAB_API_URL,
+VLAB_BENCHMARK_ID, VLAB_JOB_TOKEN), fetches the inputs, runs the same pipeline as the local
+runner on the target repository (VLAB_REPOSITORY, default /app), relays progress, and posts
+the outputs back. The credential is never printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from vlab_backend.pipeline.job import OUT_DIR, PROGRESS_FILE, RESULT_FILE, JobSpec, run_pipeline
+
+
+def _download(client: httpx.Client, url: str, target: Path) -> None:
+    with client.stream("GET", url) as response:
+        response.raise_for_status()
+        with target.open("wb") as handle:
+            for chunk in response.iter_bytes(1 << 20):
+                handle.write(chunk)
+
+
+def _relay_progress(client: httpx.Client, url: str, path: Path, stop: threading.Event) -> None:
+    last = ""
+    while not stop.wait(0.25):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text and text != last:
+            last = text
+            phase, done, total = text.split()
+            with contextlib.suppress(httpx.HTTPError):
+                client.post(url, json={"phase": phase, "done": int(done), "total": int(total)})
+
+
+def _upload_outputs(client: httpx.Client, url: str, job_dir: Path) -> None:
+    files: list[tuple[str, Any]] = []
+    handles = []
+    try:
+        for field, folder in (("out", job_dir / "work" / OUT_DIR), ("steps", job_dir / "steps")):
+            for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+                if path.is_file():
+                    handle = path.open("rb")
+                    handles.append(handle)
+                    files.append((field, (path.name, handle)))
+        result = job_dir / RESULT_FILE
+        files.append(("result", (RESULT_FILE, result.read_bytes())))
+        client.post(url, files=files).raise_for_status()
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def main() -> int:
+    api = os.environ["VLAB_API_URL"].rstrip("/")
+    bench_id = os.environ["VLAB_BENCHMARK_ID"]
+    token = os.environ["VLAB_JOB_TOKEN"]
+    base = f"/api/jobs/{bench_id}"
+    root = Path(tempfile.mkdtemp(prefix="vlab-job-", dir=os.environ.get("NOMAD_TASK_DIR")))
+    job_dir, inputs = root / "job", root / "inputs"
+    job_dir.mkdir()
+    inputs.mkdir()
+    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {token}"},
+                      timeout=httpx.Timeout(60.0, read=600.0)) as client:
+        data = client.get(f"{base}/spec").raise_for_status().json()
+        paths = {}
+        for name in data.pop("inputs"):
+            target = inputs / Path(name).name
+            _download(client, f"{base}/inputs/{name}", target)
+            paths[name] = str(target)
+        spec = JobSpec(**data, repository=os.environ.get("VLAB_REPOSITORY", "/app"),
+                       model_path=paths.pop("model"), dataset_path=paths.pop("dataset", None),
+                       extra_files=paths)
+        spec.write(job_dir)
+        stop = threading.Event()
+        relay = threading.Thread(target=_relay_progress, daemon=True, args=(
+            client, f"{base}/progress", job_dir / PROGRESS_FILE, stop))
+        relay.start()
+        try:
+            result = run_pipeline(job_dir)
+        finally:
+            stop.set()
+            relay.join(timeout=2)
+        _upload_outputs(client, f"{base}/outputs", job_dir)
+    print(json.dumps({"benchmark": bench_id, "exit_code": result["exit_code"],
+                      "message": result["message"]}))
+    return 0 if result["exit_code"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
