@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from fastapi import UploadFile
+from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CHUNK = 1 << 20
