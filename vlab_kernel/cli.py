@@ -227,6 +227,53 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_host_init(args: argparse.Namespace) -> int:
+    """Write a host's Nomad client config, target config and WireGuard keys; register it."""
+    from vlab_backend.hosts.sdk import init_host
+    from vlab_backend.targets import TargetConfigError
+
+    try:
+        files = init_host(Path(args.targets), Path(args.out), minimal=args.minimal,
+                          name=args.name)
+    except TargetConfigError as exc:
+        raise UsageError(str(exc)) from None
+    for path in files.written:
+        print(f"wrote {path}")
+    if args.no_register:
+        return 0
+    with VlabClient() as client:
+        host = client.request("POST", "/api/hosts", json={
+            "name": files.name, "public_key": files.public_key, "endpoint": args.endpoint,
+            "minimal": args.minimal, "targets": files.targets}).json()
+    (Path(args.out) / "wireguard" / "address").write_text(host["mesh_address"] + "\n")
+    print(f"registered {files.name}: mesh address {host['mesh_address']}, targets "
+          f"{', '.join(files.targets)}")
+    return 0
+
+
+def cmd_vpn_sync(args: argparse.Namespace) -> int:
+    """One reconciliation of this host's WireGuard configuration with the shared database."""
+    import socket
+
+    from vlab_backend.hosts.vpn import sync
+
+    host_dir = Path(args.host_dir)
+    with VlabClient() as client:
+        hosts = client.get_json("/api/hosts")
+    try:
+        result = sync(hosts, args.name or socket.gethostname(),
+                      host_dir / "wireguard" / "private.key",
+                      Path(args.config) if args.config else host_dir / "wireguard" / "wg-vlab.conf",
+                      interface=args.interface)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    state = "updated" if result.changed else "unchanged"
+    applied = " and applied" if result.applied else ""
+    print(f"{result.config_path} {state}{applied}: {len(result.peers)} peer(s)"
+          + (f" ({', '.join(result.peers)})" if result.peers else ""))
+    return 0
+
+
 def _backend_reachable(client: VlabClient) -> bool:
     try:
         client.status()
@@ -378,6 +425,29 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("email")
     add.add_argument("--admin", action="store_true")
     add.set_defaults(func=cmd_user_add)
+
+    host = sub.add_parser("host", help="host SDK")
+    host_sub = host.add_subparsers(dest="host_command", required=True)
+    init = host_sub.add_parser("init", help="prepare this host to join the cluster")
+    init.add_argument("--targets", required=True, help="dAIEdge target configuration file")
+    init.add_argument("--out", required=True, help="directory for the generated files")
+    init.add_argument("--minimal", action="store_true",
+                      help="a host that runs only the VPN service and benchmark jobs")
+    init.add_argument("--name", help="host name (default: this machine's)")
+    init.add_argument("--endpoint", default="", help="public HOST:PORT of its WireGuard")
+    init.add_argument("--no-register", action="store_true",
+                      help="write the files without registering the host")
+    init.set_defaults(func=cmd_host_init)
+
+    vpn = sub.add_parser("vpn", help="WireGuard mesh")
+    vpn_sub = vpn.add_subparsers(dest="vpn_command", required=True)
+    vpn_sync = vpn_sub.add_parser("sync", help="reconcile this host's WireGuard config once")
+    vpn_sync.add_argument("--host-dir", default=".", help="the `vlab host init --out` dir")
+    vpn_sync.add_argument("--name", help="host name (default: this machine's)")
+    vpn_sync.add_argument("--config", help="config file (default: HOST_DIR/wireguard/"
+                          "wg-vlab.conf)")
+    vpn_sync.add_argument("--interface", default="wg-vlab")
+    vpn_sync.set_defaults(func=cmd_vpn_sync)
 
     token = sub.add_parser("token", help="create, list or revoke API tokens")
     token.add_argument("--name", default="", help="a label for the new token")

@@ -57,10 +57,10 @@ def test_migrations_create_the_schema_and_are_idempotent(db: Database) -> None:
     tables = set(sa.inspect(db.engine).get_table_names())
     assert {"users", "api_tokens", "models", "datasets", "target_instances", "benchmarks",
             "hardware_types", "engine_families", "engine_parameters", "engine_parameter_links",
-            "job_credentials", "alembic_version"} <= tables
+            "job_credentials", "hosts", "alembic_version"} <= tables
     with db.engine.connect() as connection:
         assert connection.execute(sa.text("select version_num from alembic_version")
-                                  ).scalar() == "0002"
+                                  ).scalar() == "0003"
 
 
 def test_constraints_json_and_fifo_order(db: Database) -> None:

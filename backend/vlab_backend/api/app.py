@@ -17,6 +17,7 @@ from vlab_backend import __version__, catalog
 from vlab_backend.api.routes import (
     benchmarks,
     datasets,
+    hosts,
     jobs,
     models,
     resources,
@@ -111,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Literal paths (datasets, train, fl, ...) before the /api/benchmarks/{id} patterns.
     for router in (status.router, users.router, datasets.router, training.router,
                    benchmarks.router, models.router, targets.router, resources.router,
-                   jobs.router):
+                   jobs.router, hosts.router):
         app.include_router(router)
 
     @app.exception_handler(HTTPException)

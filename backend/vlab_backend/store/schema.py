@@ -146,6 +146,20 @@ class JobCredential(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class Host(Base):
+    """A machine of the cluster: its WireGuard key, endpoint and address in the mesh."""
+
+    __tablename__ = "hosts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(300), default="")
+    mesh_address: Mapped[str] = mapped_column(String(64), unique=True)
+    minimal: Mapped[bool] = mapped_column(Boolean, default=False)
+    targets: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 ACTIVE_STATUSES = ("queued", "running")
 WAITING_STATUSES = ("pending",)
 TERMINAL_STATUSES = ("success", "failed", "canceled")
