@@ -26,8 +26,18 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.model_dump(exclude_none=True)
+        """The JSON Nomad receives; unused optional fields (empty) are left out."""
+        data: dict[str, Any] = _prune(self.model_dump(exclude_none=True))
         return data
+
+
+def _prune(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: (item if key == "Config" else _prune(item)) for key, item in value.items()
+                if item not in ("", [], {})}
+    if isinstance(value, list):
+        return [_prune(item) for item in value]
+    return value
 
 
 class Constraint(_Model):
@@ -86,7 +96,48 @@ class Template(_Model):
     DestPath: str
     Envvars: bool = False
     ChangeMode: Literal["restart", "noop", "signal", "script"] = "noop"
+    ChangeSignal: str = ""
     Perms: str = "0600"
+
+
+class Port(_Model):
+    Label: str
+    Value: int = 0  # static port (ReservedPorts)
+    To: int = 0  # container port
+
+
+class NetworkSpec(_Model):
+    Mode: Literal["host", "bridge", "none"] = "host"
+    ReservedPorts: list[Port] = Field(default_factory=list)
+    DynamicPorts: list[Port] = Field(default_factory=list)
+
+
+class ServiceCheck(_Model):
+    Name: str
+    Type: Literal["http", "tcp"]
+    Path: str = ""
+    Interval: int = seconds(10)
+    Timeout: int = seconds(2)
+
+
+class Service(_Model):
+    Name: str
+    PortLabel: str
+    Provider: Literal["nomad", "consul"] = "nomad"
+    Tags: list[str] = Field(default_factory=list)
+    Checks: list[ServiceCheck] = Field(default_factory=list)
+
+
+class VolumeRequest(_Model):
+    Type: Literal["host", "csi"]
+    Source: str
+    ReadOnly: bool = False
+
+
+class VolumeMount(_Model):
+    Volume: str
+    Destination: str
+    ReadOnly: bool = False
 
 
 class Task(_Model):
@@ -98,6 +149,7 @@ class Task(_Model):
     KillTimeout: int = seconds(30)
     LogConfig: LogConfigSpec = Field(default_factory=lambda: LogConfigSpec())
     Templates: list[Template] = Field(default_factory=list)
+    VolumeMounts: list[VolumeMount] = Field(default_factory=list)
 
     @field_validator("Name")
     @classmethod
@@ -114,6 +166,9 @@ class TaskGroup(_Model):
     ReschedulePolicy: ReschedulePolicySpec = Field(
         default_factory=lambda: ReschedulePolicySpec())
     EphemeralDisk: EphemeralDiskSpec = Field(default_factory=lambda: EphemeralDiskSpec())
+    Networks: list[NetworkSpec] = Field(default_factory=list)
+    Services: list[Service] = Field(default_factory=list)
+    Volumes: dict[str, VolumeRequest] = Field(default_factory=dict)
     Tasks: list[Task]
 
 
