@@ -139,6 +139,13 @@ class Benchmark:
         return {"user": self.lab.client.log(self.id, "user-log"),
                 "error": self.lab.client.log(self.id, "error-log")}
 
+    @property
+    def layers(self) -> pd.DataFrame:
+        """The per-layer profile, slowest first (empty where the engine offers none)."""
+        response = self.lab.client.request("GET", f"/api/benchmarks/{self.id}/profile")
+        rows = response.json() if response.status_code == 200 else []
+        return pd.DataFrame(rows, columns=["name", "type", "mean_s", "share"])
+
     def summary(self) -> dict[str, Any]:
         """One flat row: identity, status and metrics."""
         info = self.info()
@@ -248,6 +255,16 @@ class Lab:
 
     def get(self, bench_id: str) -> Benchmark:
         return Benchmark(self, bench_id)
+
+    def compare(self, a: Benchmark | str, b: Benchmark | str) -> dict[str, Any]:
+        """B against A: the difference of median latencies with a 95 % bootstrap interval and
+        a permutation test; `verdict` says when the difference is within noise."""
+        from vlab_backend.harness.stats import compare
+
+        first = a if isinstance(a, Benchmark) else self.get(a)
+        second = b if isinstance(b, Benchmark) else self.get(b)
+        result = compare(first.latencies.to_numpy(), second.latencies.to_numpy())
+        return {"a": first.id, "b": second.id, **result}
 
     def results(self, include_public: bool = False, **filters: Any) -> pd.DataFrame:
         """One row per benchmark with flattened metrics. Filters: target, engine, model,

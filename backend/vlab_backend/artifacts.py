@@ -17,6 +17,7 @@ ARTIFACT_FILES = {
     "user_log": "user.log",
     "error_log": "error.log",
     "binary": "raw_output.bin",
+    "profile": "profile.json",
 }
 PIPELINE_LOG = "pipeline.log"
 
@@ -41,6 +42,12 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, Any]:
         metrics[key] = report.get(key)
     mean = latency.get("mean")
     metrics["throughput_ips"] = (1.0 / mean) if mean else None
+    stability = report.get("stability") or {}
+    metrics["latency_cv"] = stability.get("cv")
+    metrics["unstable"] = stability.get("unstable")
+    for name in ("ci95_mean", "ci95_median"):
+        interval = latency.get(name) or [None, None]
+        metrics[f"latency_{name}_low_s"], metrics[f"latency_{name}_high_s"] = interval
     return metrics
 
 

@@ -13,7 +13,7 @@ def test_builtin_engines_are_registered() -> None:
 
 
 def test_unknown_engine_names_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="known engines: onnxruntime, openvino, tflite"):
+    with pytest.raises(KeyError, match="known engines: onnxruntime, openvino, synthetic, tflite"):
         get_spec("tensorrt")
     with pytest.raises(KeyError):
         create_adapter("tensorrt")

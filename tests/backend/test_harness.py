@@ -110,3 +110,36 @@ def test_min_time_extends_the_timed_phase(tmp_path: Path, small_onnx: Path) -> N
     assert done.returncode == 0, done.stderr
     samples = report_of(tmp_path)["inference_latency"]["samples"]
     assert len(samples) > 3
+
+
+def test_a_synthetic_engine_comes_back_with_its_known_statistics(tmp_path: Path,
+                                                                 small_onnx: Path) -> None:
+    """Busy-waits of 2 ms ± 0.2 ms (normal): the report must find that distribution."""
+    params = _params(tmp_path, {"mean_ms": 2.0, "std_ms": 0.2, "threads": 1})
+    done = run_harness(tmp_path, "--engine", "synthetic", "--model", str(small_onnx), "--runs",
+                       "400", PARAMETERS_FILENAME=str(params))
+    assert done.returncode == 0, done.stderr
+    report = report_of(tmp_path)
+    latency = report["inference_latency"]
+    # The clock is read around the wait alone: overhead can only add a little. Preemption on a
+    # busy machine adds rare spikes, so the spread is checked robustly (IQR / 1.349 = sigma).
+    samples = np.asarray(latency["samples"])
+    q1, q3 = np.percentile(samples, [25, 75])
+    assert 0.00195 < latency["median"] < 0.00212
+    assert 0.00015 < (q3 - q1) / 1.349 < 0.0003
+    assert 0.00195 < latency["mean"] < 0.0023
+    assert latency["ci95_mean"][0] < latency["mean"] < latency["ci95_mean"][1]
+    assert report["layers"] is None  # no per-layer profile for this engine
+    assert set(report["stability"]) == {"cv", "drift", "unstable", "reasons"}
+
+
+def test_per_layer_profile_is_written(tmp_path: Path, squeezenet: Path) -> None:
+    done = run_harness(tmp_path, "--engine", "onnxruntime", "--model", str(squeezenet),
+                       "--runs", "5")
+    assert done.returncode == 0, done.stderr
+    profile = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert profile[0]["type"] == "Conv" and profile[0]["mean_s"] > 0
+    assert sum(layer["share"] for layer in profile) == pytest.approx(1.0)
+    assert report_of(tmp_path)["layers"] == profile[:20]
+    cold = report_of(tmp_path)["cold_start"]
+    assert cold["load_s"] > 0 and cold["first_inference_s"] > 0 and cold["steady_state_s"] > 0

@@ -21,3 +21,52 @@ def test_summary_of_a_known_sample() -> None:
 def test_summary_of_nothing_is_null() -> None:
     assert latency_summary([]) == dict.fromkeys(
         ("mean", "std", "min", "max", "median", "p90", "p95", "p99"))
+
+
+from vlab_backend.harness.stats import bootstrap_ci, compare, full_statistics, stability  # noqa: E402
+
+
+def test_bootstrap_intervals_cover_the_true_values() -> None:
+    rng = np.random.default_rng(11)
+    # Lognormal latencies around 10 ms: true mean exp(mu + s^2/2), true median exp(mu).
+    mu, sigma = np.log(0.010), 0.2
+    samples = rng.lognormal(mu, sigma, 2000)
+    low, high = bootstrap_ci(samples, "mean")
+    assert low < np.exp(mu + sigma**2 / 2) < high
+    low, high = bootstrap_ci(samples, "median")
+    assert low < np.exp(mu) < high
+    assert high - low < 0.0005  # a tight interval for 2,000 samples
+    # Reproducible from the samples alone.
+    assert bootstrap_ci(samples, "median") == (low, high)
+
+
+def test_stability_flags_variation_drift_and_throttling() -> None:
+    rng = np.random.default_rng(3)
+    steady = rng.normal(0.010, 0.0003, 400)
+    assert stability(steady)["unstable"] is False
+    drifting = np.concatenate([steady[:200], steady[200:] * 1.2])
+    verdict = stability(drifting)
+    assert verdict["unstable"] and verdict["drift"] == pytest.approx(0.2, abs=0.02)
+    assert any("drift" in r for r in verdict["reasons"])
+    noisy = rng.lognormal(np.log(0.01), 0.5, 400)
+    assert any("high variation" in r for r in stability(noisy)["reasons"])
+    throttled = stability(steady, freq_start_mhz=3000, freq_end_mhz=2000)
+    assert any("throttling" in r for r in throttled["reasons"])
+    assert full_statistics(steady)["ci95_mean"][0] < 0.010 < full_statistics(steady)[
+        "ci95_mean"][1]
+
+
+def test_compare_says_when_a_difference_is_noise() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.normal(0.010, 0.0005, 300)
+    same = rng.normal(0.010, 0.0005, 300)
+    result = compare(a, same)
+    assert result["significant"] is False and "within noise" in result["verdict"]
+    slower = rng.normal(0.011, 0.0005, 300)  # 10 % slower
+    result = compare(a, slower)
+    assert result["significant"] is True and "slower" in result["verdict"]
+    low, high = result["ci95_difference_s"]
+    assert low < 0.001 < high
+    assert result["relative_difference"] == pytest.approx(0.10, abs=0.02)
+    with pytest.raises(ValueError):
+        compare([0.01], [0.01, 0.02])

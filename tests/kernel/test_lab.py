@@ -112,3 +112,20 @@ def test_magics(lab: Lab, small_onnx: Path, capsys: pytest.CaptureFixture[str]) 
     assert ip.run_line_magic("vlab", f"bench {small_onnx} --target host-cpu --engine tflite") \
         is None
     assert "cannot run onnx models" in capsys.readouterr().out
+
+
+def test_compare_and_layers(lab: Lab, small_onnx: Path, face_tflite: Path) -> None:
+    a = lab.benchmark(small_onnx, "host-cpu", "onnxruntime", runs=60, wait=True)
+    b = lab.benchmark(small_onnx, "host-cpu", "onnxruntime", runs=60, wait=True)
+    result = lab.compare(a, b.id)
+    assert result["a"] == a.id and result["b"] == b.id
+    assert {"median_a_s", "median_b_s", "ci95_difference_s", "p_value", "significant",
+            "verdict"} <= set(result)
+    layers = a.layers
+    assert list(layers.columns) == ["name", "type", "mean_s", "share"]
+    assert set(layers["type"]) >= {"Conv", "Gemm"}
+    tflite = lab.benchmark(face_tflite, "host-cpu", "tflite", runs=3, wait=True)
+    assert tflite.layers.empty  # LiteRT's Python API has no per-layer profiler
+    report = a.report
+    assert report["stability"]["cv"] is not None
+    assert len(report["inference_latency"]["ci95_median"]) == 2

@@ -99,6 +99,7 @@ def test_explorer_filters_plots_and_compares(lab: Lab, server: LiveServer,
     assert list(comparison.columns) == ids
     assert "latency_mean_s" in comparison.index
     assert len(explorer.distribution.data) == 2
+    assert 'class="vlab-verdict"' in explorer.verdict.value  # two runs: significance verdict
     assert len(explorer.percentiles.data) == 3  # p50, p90, p99
     assert explorer.scatter.data and explorer.memory.data
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import ipywidgets as w
@@ -39,6 +40,7 @@ class ResultsExplorer(w.VBox):
         self.runs = w.SelectMultiple(description="Compare", options=[], rows=6,
                                      layout={"width": "60%"})
         self.comparison_table = w.HTML()
+        self.verdict = w.HTML()
         self.distribution = go.FigureWidget()
         self.percentiles = go.FigureWidget()
         self.memory = go.FigureWidget()
@@ -51,7 +53,8 @@ class ResultsExplorer(w.VBox):
         super().__init__([
             w.HTML("<h3>Results</h3>"),
             w.HBox([*self.filters.values()]), w.HBox([self.include_public, self.refresh_button]),
-            self.message, self.table, self.runs, self.comparison_table, self.distribution,
+            self.message, self.table, self.runs, self.verdict, self.comparison_table,
+            self.distribution,
             w.HBox([self.percentiles, self.memory]), self.scatter])
         self.add_class("vlab-explorer")
         self.refresh()
@@ -111,6 +114,11 @@ class ResultsExplorer(w.VBox):
         comparison = self.comparison()
         self.comparison_table.value = comparison.to_html(classes="vlab-comparison") \
             if not comparison.empty else ""
+        self.verdict.value = ""
+        if len(self.selected) == 2:
+            result = self.lab.compare(*self.selected)
+            self.verdict.value = (f'<p class="vlab-verdict"><b>{result["b"]}</b> vs '
+                                  f'<b>{result["a"]}</b>: {html.escape(result["verdict"])}</p>')
         samples: dict[str, Any] = {}
         for bench_id in self.selected:
             bench = self.lab.get(bench_id)

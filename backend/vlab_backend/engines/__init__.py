@@ -17,6 +17,7 @@ BUILTIN_ENGINE_MODULES = (
     "vlab_backend.engines.onnxruntime_engine",
     "vlab_backend.engines.openvino_engine",
     "vlab_backend.engines.tflite_engine",
+    "vlab_backend.engines.synthetic_engine",
 )
 
 

@@ -89,6 +89,10 @@ COMMON_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "keep running timed inferences until this many seconds have passed (TYPE1)",
                   minimum=0),
     ParameterSpec("seed", "integer", 0, "seed of the random inputs (TYPE1)", minimum=0),
+    ParameterSpec("profile_layers", "boolean", True,
+                  "after the timed runs, profile per layer where the engine can (not timed)"),
+    ParameterSpec("profile_runs", "integer", 10, "inferences of the per-layer profile",
+                  minimum=1),
 )
 
 
@@ -170,3 +174,16 @@ class EngineAdapter(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release engine resources."""
+
+    def profile_layers(self, runs: int) -> list[dict[str, Any]] | None:
+        """Per-layer times over `runs` inferences of the bound inputs, where the engine offers
+        them: `[{"name", "type", "mean_s", "share"}]`, slowest first. None otherwise."""
+        return None
+
+
+def aggregate_layers(times: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
+    """Per-layer mean time and share of the total, slowest first."""
+    means = {key: sum(values) / len(values) for key, values in times.items() if values}
+    total = sum(means.values()) or 1.0
+    return [{"name": name, "type": kind, "mean_s": mean, "share": mean / total}
+            for (name, kind), mean in sorted(means.items(), key=lambda item: -item[1])]

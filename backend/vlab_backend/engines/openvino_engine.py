@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from vlab_backend.engines.base import EngineAdapter, EngineSpec, ParameterSpec, TensorSpec
+from vlab_backend.engines.base import (
+    EngineAdapter,
+    EngineSpec,
+    ParameterSpec,
+    TensorSpec,
+    aggregate_layers,
+)
 
 SPEC = EngineSpec(
     name="openvino",
@@ -47,6 +53,7 @@ class Adapter(EngineAdapter):
         }
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads
+        self._model, self._config = model, config
         self._compiled = core.compile_model(model, "CPU", config)
         self._request = self._compiled.create_infer_request()
         self._version = ov.get_version()
@@ -77,3 +84,21 @@ class Adapter(EngineAdapter):
 
     def version(self) -> str:
         return self._version
+
+    def profile_layers(self, runs: int) -> list[dict[str, Any]] | None:
+        """OpenVINO's per-layer performance counters, from a second compiled model."""
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(self._model, "CPU",
+                                           {**self._config, "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        for index in range(len(compiled.inputs)):
+            request.set_input_tensor(index, self._request.get_input_tensor(index))
+        times: dict[tuple[str, str], list[float]] = {}
+        for _ in range(runs):
+            request.infer()
+            for info in request.get_profiling_info():
+                if info.status == info.Status.EXECUTED:
+                    times.setdefault((info.node_name, info.node_type), []).append(
+                        info.real_time.total_seconds())
+        return aggregate_layers(times)

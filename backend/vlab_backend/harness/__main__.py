@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     init_time = time.perf_counter() - t0
     inputs_spec = adapter.inputs()
     timings = Timings()
+    freq_start = sysinfo.cpu_frequency_mhz(cpus)
     try:
         _measure(args, adapter, inputs_spec, params, timings, out_dir, progress)
     except (HarnessError, ValueError):
@@ -189,7 +190,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except Exception as exc:
         raise HarnessError(f"inference with {args.engine} failed: {short_message(exc)}") from exc
 
-    peak = sysinfo.peak_rss_bytes()
+    freq_end = sysinfo.cpu_frequency_mhz(cpus)
+    peak = sysinfo.peak_rss_bytes()  # before profiling, which loads the model again
+    layers = None
+    if params["profile_layers"]:
+        progress("profile", 0, params["profile_runs"])
+        try:
+            layers = adapter.profile_layers(int(params["profile_runs"]))
+        except Exception as exc:  # the profile is extra information, never a failure
+            print(f"per-layer profile unavailable: {short_message(exc)}", file=sys.stderr)
+        if layers is not None:
+            (out_dir / "profile.json").write_text(json.dumps(layers, indent=1))
     measured = {
         "warmup_runs": timings.warmup_runs,
         "init_time_s": init_time,
@@ -204,6 +215,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "engine_version": adapter.version(),
         "parameters": params,
         "host": sysinfo.host_info(),
+        "cpu_freq_start_mhz": freq_start,
+        "cpu_freq_end_mhz": freq_end,
+        "layers": layers[:20] if layers else None,
     }
     facts = _model_facts(model_path)
     facts["inputs"] = [s.__dict__ | {"shape": list(s.shape)} for s in inputs_spec]

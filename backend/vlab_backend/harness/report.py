@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from vlab_backend.harness.stats import latency_summary
+from vlab_backend.harness.stats import full_statistics
 
 REPORT_VERSION = "1.0"
 
@@ -21,7 +21,8 @@ DAIEDGE_KEYS = (
 def build_report(*, context: dict[str, Any], samples_s: list[float], measured: dict[str, Any],
                  model: dict[str, Any]) -> dict[str, Any]:
     """`context`: target/engine identity; `measured`: timings and memory; `model`: intake facts."""
-    latency = latency_summary(samples_s)
+    latency = full_statistics(samples_s, measured.get("cpu_freq_start_mhz"),
+                              measured.get("cpu_freq_end_mhz"))
     mean = latency["mean"]
     flops = model.get("flops") or None
     ram_size = measured.get("ram_size")
@@ -50,6 +51,13 @@ def build_report(*, context: dict[str, Any], samples_s: list[float], measured: d
         "warmup_runs": measured["warmup_runs"],
         "init_time_s": measured["init_time_s"],
         "first_inference_s": measured["first_inference_s"],
+        "cold_start": {"load_s": measured["init_time_s"],
+                       "first_inference_s": measured["first_inference_s"],
+                       "steady_state_s": latency["median"]},
+        "stability": latency["stability"],
+        "layers": measured.get("layers"),
+        "cpu_freq_mhz": {"start": measured.get("cpu_freq_start_mhz"),
+                         "end": measured.get("cpu_freq_end_mhz")},
         "peak_memory_bytes": peak,
         "memory_delta_bytes": measured["memory_delta_bytes"],
         "model_size": model.get("size"),

@@ -1,15 +1,29 @@
-"""Latency statistics.
+"""Latency statistics and the measurement policy's checks.
 
 Percentiles use linear interpolation between closest ranks (NumPy's default, Hyndman & Fan
-type 7): p-th percentile = x[(n-1)·p/100] interpolated. For n >= 100 it differs from
+type 7): the p-th percentile is x[(n-1)·p/100] interpolated. For n >= 100 it differs from
 onnxruntime_perf_test's nearest-rank sorted[floor(n·p)] by at most one sample gap.
+
+Confidence intervals are 95 % percentile-bootstrap intervals (2,000 resamples, fixed seed, so a
+report is reproducible from its samples). A run is flagged unstable when its coefficient of
+variation exceeds 10 %, when the median of its second half differs from the first half's by more
+than 5 % (drift: warm-up too short, throttling, interference), or when the CPU frequency fell
+by more than 10 % during the run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 20261128
+CV_LIMIT = 0.10
+DRIFT_LIMIT = 0.05
+FREQUENCY_DROP_LIMIT = 0.10
+_CHUNK_ELEMENTS = 5_000_000  # bounds the memory of one bootstrap batch
 
 
 def latency_summary(samples_s: Sequence[float]) -> dict[str, float | None]:
@@ -27,3 +41,102 @@ def latency_summary(samples_s: Sequence[float]) -> dict[str, float | None]:
         "p95": float(p95),
         "p99": float(p99),
     }
+
+
+def bootstrap_ci(samples: np.ndarray, statistic: str, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the mean or the median."""
+    rng = np.random.default_rng(seed)
+    n = samples.size
+    rows = max(1, min(resamples, _CHUNK_ELEMENTS // max(n, 1)))
+    estimates: list[np.ndarray] = []
+    done = 0
+    while done < resamples:
+        batch = min(rows, resamples - done)
+        draws = samples[rng.integers(0, n, size=(batch, n))]
+        estimates.append(draws.mean(axis=1) if statistic == "mean"
+                         else np.median(draws, axis=1))
+        done += batch
+    low, high = np.percentile(np.concatenate(estimates), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def stability(samples_s: Sequence[float], freq_start_mhz: float | None = None,
+              freq_end_mhz: float | None = None) -> dict[str, Any]:
+    """Coefficient of variation, drift between halves, and the verdict with its reasons."""
+    data = np.asarray(samples_s, dtype=np.float64)
+    result: dict[str, Any] = {"cv": None, "drift": None, "unstable": False, "reasons": []}
+    if data.size < 4:
+        return result
+    cv = float(data.std(ddof=1) / data.mean()) if data.mean() > 0 else 0.0
+    half = data.size // 2
+    first, second = float(np.median(data[:half])), float(np.median(data[half:]))
+    drift = (second - first) / first if first > 0 else 0.0
+    result.update(cv=cv, drift=drift)
+    if cv > CV_LIMIT:
+        result["reasons"].append(f"high variation (CV {cv:.1%} > {CV_LIMIT:.0%})")
+    if abs(drift) > DRIFT_LIMIT:
+        result["reasons"].append(f"drift between halves ({drift:+.1%})")
+    if freq_start_mhz and freq_end_mhz and \
+            freq_end_mhz < freq_start_mhz * (1 - FREQUENCY_DROP_LIMIT):
+        result["reasons"].append(f"CPU frequency fell from {freq_start_mhz:.0f} to "
+                                 f"{freq_end_mhz:.0f} MHz (throttling)")
+    result["unstable"] = bool(result["reasons"])
+    return result
+
+
+def full_statistics(samples_s: Sequence[float], freq_start_mhz: float | None = None,
+                    freq_end_mhz: float | None = None) -> dict[str, Any]:
+    """The report's `inference_latency` block without the raw samples."""
+    summary: dict[str, Any] = dict(latency_summary(samples_s))
+    data = np.asarray(samples_s, dtype=np.float64)
+    if data.size >= 2:
+        summary["ci95_mean"] = list(bootstrap_ci(data, "mean"))
+        summary["ci95_median"] = list(bootstrap_ci(data, "median"))
+    else:
+        summary["ci95_mean"] = summary["ci95_median"] = None
+    summary["stability"] = stability(samples_s, freq_start_mhz, freq_end_mhz)
+    return summary
+
+
+def compare(a_s: Sequence[float], b_s: Sequence[float], permutations: int = 2000,
+            seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+    """B against A: the relative difference of medians with a 95 % bootstrap interval and a
+    two-sided permutation test. Within noise when the interval contains 0 or p >= 0.05."""
+    a = np.asarray(a_s, dtype=np.float64)
+    b = np.asarray(b_s, dtype=np.float64)
+    if a.size < 2 or b.size < 2:
+        raise ValueError("each run needs at least 2 samples to compare")
+    rng = np.random.default_rng(seed)
+    med_a, med_b = float(np.median(a)), float(np.median(b))
+    observed = med_b - med_a
+    # Bootstrap of the difference of medians (runs resampled independently).
+    diffs = []
+    for _ in range(BOOTSTRAP_RESAMPLES // 100):
+        ra = a[rng.integers(0, a.size, size=(100, a.size))]
+        rb = b[rng.integers(0, b.size, size=(100, b.size))]
+        diffs.append(np.median(rb, axis=1) - np.median(ra, axis=1))
+    low, high = np.percentile(np.concatenate(diffs), [2.5, 97.5])
+    # Permutation test of the difference of medians (subsampled for very long runs).
+    limit = 5000
+    pa = a if a.size <= limit else rng.choice(a, limit, replace=False)
+    pb = b if b.size <= limit else rng.choice(b, limit, replace=False)
+    pooled = np.concatenate([pa, pb])
+    extreme = 0
+    for _ in range(permutations):
+        rng.shuffle(pooled)
+        difference = np.median(pooled[pa.size:]) - np.median(pooled[:pa.size])
+        extreme += abs(difference) >= abs(np.median(pb) - np.median(pa)) - 1e-15
+    p_value = (extreme + 1) / (permutations + 1)
+    relative = observed / med_a if med_a else 0.0
+    significant = bool(p_value < 0.05 and not (low <= 0.0 <= high))
+    if significant:
+        verdict = (f"B is {abs(relative):.1%} {'slower' if observed > 0 else 'faster'} than A "
+                   f"(median; 95% CI {low / med_a:+.1%} to {high / med_a:+.1%}, p={p_value:.3f})")
+    else:
+        verdict = (f"no significant difference: within noise (median difference "
+                   f"{relative:+.1%}, 95% CI {low / med_a:+.1%} to {high / med_a:+.1%}, "
+                   f"p={p_value:.3f})")
+    return {"median_a_s": med_a, "median_b_s": med_b, "difference_s": observed,
+            "relative_difference": relative, "ci95_difference_s": [float(low), float(high)],
+            "p_value": p_value, "significant": significant, "verdict": verdict}

@@ -56,6 +56,18 @@ def pinned_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
+def cpu_frequency_mhz(cpus: list[int]) -> float | None:
+    """Mean current frequency of the given cores, where the OS exposes it (cpufreq)."""
+    readings = []
+    for cpu in cpus:
+        try:
+            khz = Path(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq").read_text()
+            readings.append(int(khz) / 1000)
+        except (OSError, ValueError):
+            continue
+    return round(sum(readings) / len(readings), 1) if readings else None
+
+
 def cpu_load_percent() -> float | None:
     """This process's CPU time over its wall time, in percent of one core."""
     try:

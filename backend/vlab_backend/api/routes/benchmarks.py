@@ -305,6 +305,15 @@ def get_binary(bench_id: str, state: StateDep, user: UserDep) -> Any:
                         filename=f"{bench_id}_raw_output.bin")
 
 
+@router.get("/api/benchmarks/{bench_id}/profile")
+def get_profile(bench_id: str, state: StateDep, user: UserDep) -> Any:
+    """The per-layer profile (slowest first), where the engine offers one."""
+    path = _artifact(state, user, bench_id, "profile", "profile.json")
+    if isinstance(path, Response):
+        return path
+    return Response(path.read_bytes(), media_type="application/json")
+
+
 @router.get("/api/benchmarks/{bench_id}/trained-model")
 def get_trained_model(bench_id: str, state: StateDep, user: UserDep) -> Any:
     bench = _load_visible(state, user, bench_id)
