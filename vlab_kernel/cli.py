@@ -58,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vlab_backend.targets import TargetConfigError, load_target_config
 
     settings = Settings(host=args.host, port=args.port, runner=args.runner)
+    if args.warm_workers:
+        settings.warm_workers = True
     if args.data_dir:
         settings.data_dir = Path(args.data_dir).expanduser()
     if args.targets:
@@ -371,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir")
     serve.add_argument("--runner", default="local", choices=["local", "nomad"])
     serve.add_argument("--targets", help="dAIEdge target configuration file (JSON)")
+    serve.add_argument("--warm-workers", action="store_true",
+                       help="keep an engine process per instance to fork harness runs from")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
 

@@ -51,6 +51,8 @@ class Settings:
                                                                         "default"))
     # The API address pipelines on other hosts use (Nomad runner).
     public_url: str = field(default_factory=lambda: os.environ.get("VLAB_PUBLIC_URL", ""))
+    warm_workers: bool = field(
+        default_factory=lambda: os.environ.get("VLAB_WARM_WORKERS", "") in ("1", "true"))
     access_token_minutes: int = 60
     refresh_token_days: int = 7
 

@@ -63,7 +63,7 @@ def make_runner(settings: Settings, db: Database) -> Runner:
         from vlab_backend.runners.nomad import NomadRunner
 
         return NomadRunner(settings, db)
-    return LocalRunner()
+    return LocalRunner(warm_workers=settings.warm_workers)
 
 
 def _error_body(message: str) -> dict[str, str]:
@@ -93,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         instances = (load_target_config(settings.targets_file) if settings.targets_file
                      else local_cpu_targets())
         sync_targets(db, instances)
+        if isinstance(state.scheduler.runner, LocalRunner):
+            state.scheduler.runner.prewarm([i.cpuset for i in instances])
         with db.session() as session:
             catalog.seed(session)
         hub.bind(asyncio.get_running_loop())
@@ -103,6 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await state.scheduler.stop()
+            if isinstance(state.scheduler.runner, LocalRunner):
+                state.scheduler.runner.close()
             db.dispose()
 
     app = FastAPI(title="VLab workbench API", version=__version__, lifespan=lifespan,

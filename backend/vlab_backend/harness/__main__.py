@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "engine_version": adapter.version(),
         "parameters": params,
         "host": sysinfo.host_info(),
+        "worker": {"pid": os.getpid(), "warm": os.environ.get("VLAB_WARM_WORKER") == "1"},
         "cpu_freq_start_mhz": freq_start,
         "cpu_freq_end_mhz": freq_end,
         "layers": layers[:20] if layers else None,

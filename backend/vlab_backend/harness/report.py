@@ -71,5 +71,6 @@ def build_report(*, context: dict[str, Any], samples_s: list[float], measured: d
         "inputs": model.get("inputs"),
         "outputs": model.get("outputs"),
         "host": measured["host"],
+        "worker": measured.get("worker"),
     })
     return report

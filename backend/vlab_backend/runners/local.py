@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 
 from vlab_backend.pipeline.job import JobSpec
+from vlab_backend.runners.warm import WarmPool
 
 PID_FILE = "pid"
 
@@ -47,10 +48,24 @@ class ProcessRef:
 class LocalRunner:
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, warm_workers: bool = False) -> None:
         self._children: dict[int, asyncio.subprocess.Process] = {}
+        self.warm: WarmPool | None = WarmPool() if warm_workers else None
+
+    def prewarm(self, core_sets: list[list[int]]) -> None:
+        """Start the warm workers now rather than at each instance's first job."""
+        if self.warm is not None:
+            for cores in core_sets:
+                self.warm.socket_for(cores)
+
+    def close(self) -> None:
+        if self.warm is not None:
+            self.warm.close()
 
     async def start(self, job_dir: Path, spec: JobSpec) -> str:
+        if self.warm is not None:
+            spec.env["VLAB_HARNESS_SOCKET"] = str(self.warm.socket_for(spec.cpuset))
+            spec.write(job_dir)
         with (job_dir / "pipeline.out").open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "vlab_backend.pipeline", str(job_dir),

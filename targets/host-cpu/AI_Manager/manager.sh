@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Step 4: run the measurement harness and write report.json (and raw_output.bin for TYPE2).
 source "$FUNCTIONS_PATH/exit_functions.sh"
-"${VLAB_PYTHON:-python3}" -m vlab_backend.harness \
-    --model "$MODEL_FILENAME" --out AI_Manager/out >>AI_Manager/out/user.log
+python="${VLAB_PYTHON:-python3}"
+if [[ -n "${VLAB_HARNESS_SOCKET:-}" ]]; then
+    # A warm worker of this instance forks the harness with the engines already imported.
+    harness=("$python" -m vlab_backend.runners.warm_client "$VLAB_HARNESS_SOCKET" vlab_backend.harness)
+else
+    harness=("$python" -m vlab_backend.harness)
+fi
+"${harness[@]}" --model "$MODEL_FILENAME" --out AI_Manager/out >>AI_Manager/out/user.log
 info_print "Benchmark finished"

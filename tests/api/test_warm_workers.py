@@ -1,0 +1,58 @@
+"""Warm workers: harness runs forked from a process per instance with the engines imported."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.api.test_benchmarks_api import submit
+from tests.server import LiveServer, wait_status, wait_terminal
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def warm_server(tmp_path: Path) -> Iterator[LiveServer]:
+    live = LiveServer(tmp_path / "data", ["--warm-workers"]).start()
+    yield live
+    live.stop()
+
+
+def test_runs_are_fresh_forks_of_a_warm_worker(warm_server: LiveServer,
+                                               small_onnx: Path) -> None:
+    time.sleep(2)  # let the workers import the engines
+    with warm_server.client() as client:
+        reports = []
+        for _ in range(2):
+            bench_id = submit(client, small_onnx, nb_inference="5",
+                              target_uids=["host-cpu-0"]).json()["id"]
+            assert wait_terminal(client, bench_id)["status"] == "success"
+            reports.append(client.get(f"/api/benchmarks/{bench_id}/results").json())
+    assert all(r["worker"]["warm"] for r in reports)
+    # One process per run: nothing a run leaves in memory reaches the next.
+    assert reports[0]["worker"]["pid"] != reports[1]["worker"]["pid"]
+    assert reports[0]["cpuset"] == reports[1]["cpuset"] == [0]
+
+
+def test_cancel_stops_a_warm_run(warm_server: LiveServer, small_onnx: Path) -> None:
+    time.sleep(2)
+    with warm_server.client() as client:
+        bench_id = submit(client, small_onnx, nb_inference="5", target_uids=["host-cpu-1"],
+                          parameters={"min_time_s": 60}).json()["id"]
+        wait_status(client, bench_id, "running")
+        deadline = time.monotonic() + 30
+        harness = []
+        while not harness and time.monotonic() < deadline:
+            workers = [p for p in psutil.process_iter(["cmdline"])
+                       if "vlab_backend.runners.warm" in (p.info["cmdline"] or [])]
+            harness = [child for worker in workers for child in worker.children()]
+            time.sleep(0.2)
+        assert harness, "no warm harness process found"
+        client.post(f"/api/benchmarks/{bench_id}/cancel")
+        assert wait_terminal(client, bench_id, timeout=30)["status"] == "canceled"
+        _gone, alive = psutil.wait_procs(harness, timeout=10)
+        assert not alive
