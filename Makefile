@@ -43,7 +43,7 @@ test: lint typecheck
 
 bench: setup
 	@echo ">> performance suite; results go to benchmarks/RESULTS.md"
-	$(BIN)/python benchmarks/harness_overhead.py
+	$(BIN)/python benchmarks/suite.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -71,6 +71,8 @@ def collect(job_dir: Path, destination: Path, benchmark_type: str, canceled: boo
 
     result_path = job_dir / RESULT_FILE
     result = json.loads(result_path.read_text()) if result_path.is_file() else None
+    if result is not None:  # kept for administrators, with the step timings
+        shutil.copyfile(result_path, destination / RESULT_FILE)
     metrics: dict[str, Any] = {}
     if "report" in present:
         try:

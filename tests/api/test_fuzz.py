@@ -32,13 +32,17 @@ def test_no_input_causes_a_server_error(tmp_path: Path) -> None:
                       if not op.path.endswith("/events")]
         assert len(operations) > 40
         for operation in operations:
+            # Login, refresh and the job endpoints answer 401 to fuzzed credentials.
+            counted = not operation.path.startswith(("/api/jobs", "/api/users/login",
+                                                     "/api/users/token"))
 
             @given(case=operation.as_strategy())
             @settings(max_examples=25, deadline=None, database=None,
                       suppress_health_check=list(HealthCheck))
             def check(case: schemathesis.Case) -> None:
                 response = case.call(base_url=server.url, headers=headers, timeout=30)
-                statuses[response.status_code] += 1
+                if counted:  # noqa: B023 - used at once, within this loop iteration
+                    statuses[response.status_code] += 1
                 if response.status_code >= 500:
                     failures.append(f"{case.method} {case.formatted_path} -> "
                                     f"{response.status_code}: {response.text[:200]}")
