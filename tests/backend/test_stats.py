@@ -70,3 +70,14 @@ def test_compare_says_when_a_difference_is_noise() -> None:
     assert result["relative_difference"] == pytest.approx(0.10, abs=0.02)
     with pytest.raises(ValueError):
         compare([0.01], [0.01, 0.02])
+
+
+def test_large_samples_use_the_analytic_intervals() -> None:
+    rng = np.random.default_rng(8)
+    samples = rng.normal(0.010, 0.001, 50_000)
+    stats = full_statistics(samples)
+    low, high = stats["ci95_mean"]
+    assert low < 0.010 < high and high - low == pytest.approx(2 * 1.96 * 0.001 / np.sqrt(50_000),
+                                                               rel=0.05)
+    low, high = stats["ci95_median"]
+    assert low < 0.010 < high and high - low < 0.0001
