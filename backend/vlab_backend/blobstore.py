@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -25,14 +26,14 @@ class BlobStore:
         return self.root / sha256[:2] / sha256
 
     def put(self, source: Path, sha256: str | None = None) -> str:
-        """Move `source` (a file on the same filesystem) into the store; returns its digest."""
+        """Add `source` (a file on the same filesystem) to the store as a hard link, so that
+        the caller still owns its upload until it discards it; returns the digest."""
         digest = sha256 or sha256_file(source)
         target = self.path(digest)
-        if target.exists():
-            source.unlink()
-        else:
+        if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
+            with contextlib.suppress(FileExistsError):  # a concurrent upload got there first
+                os.link(source, target)
         return digest
 
     def exists(self, sha256: str) -> bool:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vlab_backend.blobstore import BlobStore
@@ -191,6 +193,18 @@ def create_benchmark(session: Session, user: User, request: RunRequest,
     session.add(bench)
     session.flush()
     return bench
+
+
+T = TypeVar("T")
+
+
+def retry_on_conflict(work: Callable[..., T], *args: Any) -> T:
+    """Run a storing transaction again once if a concurrent request stored the same model or
+    dataset first (unique constraint): the second attempt finds and reuses that row."""
+    try:
+        return work(*args)
+    except IntegrityError:
+        return work(*args)
 
 
 def discard(path: Path | None) -> None:

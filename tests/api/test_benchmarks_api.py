@@ -321,3 +321,25 @@ def test_uploaded_file_names_cannot_escape_the_data_dir(server: LiveServer,
         final = wait_terminal(client, response.json()["id"])
     assert final["model"] == "evil.onnx"
     assert not Path("/tmp/evil.onnx").exists()
+
+
+def test_concurrent_uploads_of_one_model_are_all_accepted(tmp_path: Path,
+                                                          small_onnx: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    live = LiveServer(tmp_path / "data").start()
+    try:
+        def one(_index: int) -> int:
+            with live.client() as client:
+                response = submit(client, small_onnx, nb_inference="1")
+                if response.status_code == 200:
+                    client.post(f"/api/benchmarks/{response.json()['id']}/cancel")
+                return response.status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(one, range(32)))
+        assert codes == [200] * 32
+        _benchmarks, models, _datasets, files = stored_counts(live)
+        assert models == 1 and files == 1  # one row and one blob, no stray upload
+    finally:
+        live.stop()

@@ -41,6 +41,7 @@ from vlab_backend.submission import (
     intake_upload,
     resolve_dataset,
     resolve_model_ref,
+    retry_on_conflict,
     store_model,
     visible,
 )
@@ -95,7 +96,8 @@ async def run_benchmark(
         upload = await save_upload(model, state.settings.tmp_dir, state.settings.max_model_bytes,
                                    "model")
     try:
-        bench_id = await run_in_threadpool(_accept, state, user, request, model, upload)
+        bench_id = await run_in_threadpool(retry_on_conflict, _accept, state, user, request,
+                                           model, upload)
     finally:
         discard(upload)
     state.scheduler.wake()

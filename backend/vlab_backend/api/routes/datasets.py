@@ -13,7 +13,7 @@ from vlab_backend.api.state import AppState, StateDep, UserDep
 from vlab_backend.api.uploads import safe_filename, save_upload
 from vlab_backend.blobstore import sha256_file
 from vlab_backend.store.schema import Benchmark, Dataset, User
-from vlab_backend.submission import discard, visible
+from vlab_backend.submission import discard, retry_on_conflict, visible
 
 router = APIRouter(tags=["datasets"])
 
@@ -36,7 +36,8 @@ async def upload_dataset(state: StateDep, user: UserDep, dataset: UploadFile,
     upload = await save_upload(dataset, state.settings.tmp_dir,
                                state.settings.max_dataset_bytes, "dataset")
     try:
-        name = await run_in_threadpool(_store, state, user, upload, dataset.filename, declared)
+        name = await run_in_threadpool(retry_on_conflict, _store, state, user, upload,
+                                       dataset.filename, declared)
     finally:
         discard(upload)
     return JSONResponse({"name": name}, status_code=207)

@@ -26,6 +26,7 @@ from vlab_backend.submission import (
     intake_upload,
     model_ref,
     resolve_model_ref,
+    retry_on_conflict,
     store_model,
 )
 
@@ -54,8 +55,8 @@ async def upload_or_import(state: StateDep, user: UserDep, platform: str = "user
         upload = await save_upload(model, state.settings.tmp_dir, state.settings.max_model_bytes,
                                    "model")
         try:
-            body = await run_in_threadpool(_store_upload, state, user, upload,
-                                           safe_filename(model.filename, "model"))
+            body = await run_in_threadpool(retry_on_conflict, _store_upload, state, user,
+                                           upload, safe_filename(model.filename, "model"))
         finally:
             discard(upload)
         return JSONResponse(body, status_code=201)
