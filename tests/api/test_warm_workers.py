@@ -56,3 +56,18 @@ def test_cancel_stops_a_warm_run(warm_server: LiveServer, small_onnx: Path) -> N
         assert wait_terminal(client, bench_id, timeout=30)["status"] == "canceled"
         _gone, alive = psutil.wait_procs(harness, timeout=10)
         assert not alive
+
+
+def test_a_warm_run_survives_a_server_crash(warm_server: LiveServer, small_onnx: Path) -> None:
+    time.sleep(2)
+    with warm_server.client() as client:
+        bench_id = submit(client, small_onnx, nb_inference="5", target_uids=["host-cpu-0"],
+                          parameters={"min_time_s": 4}).json()["id"]
+        wait_status(client, bench_id, "running")
+    warm_server.kill9()
+    warm_server.start()
+    with warm_server.client() as client:
+        final = wait_terminal(client, bench_id)
+        assert final["status"] == "success", final
+        # Started before or after the crash, warm or not, the run finished once.
+        assert client.get(f"/api/benchmarks/{bench_id}/results").json()["nb_inference"] >= 5

@@ -63,12 +63,18 @@ class LocalRunner:
             self.warm.close()
 
     async def start(self, job_dir: Path, spec: JobSpec) -> str:
+        command = [sys.executable, "-m", "vlab_backend.pipeline", str(job_dir)]
         if self.warm is not None:
-            spec.env["VLAB_HARNESS_SOCKET"] = str(self.warm.socket_for(spec.cpuset))
+            # The pipeline and its harness are forked from the instance's warm worker; the
+            # small client process stands for them (pid, process group, exit code).
+            socket_path = str(self.warm.socket_for(spec.cpuset))
+            spec.env["VLAB_HARNESS_SOCKET"] = socket_path
             spec.write(job_dir)
+            command = [sys.executable, "-m", "vlab_backend.runners.warm_client", socket_path,
+                       "vlab_backend.pipeline", str(job_dir)]
         with (job_dir / "pipeline.out").open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "vlab_backend.pipeline", str(job_dir),
+                *command,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True)
         if spec.cpuset:

@@ -22,7 +22,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-PRELOADED = ("numpy", "onnxruntime", "openvino", "ai_edge_litert.interpreter",
+PRELOADED = ("numpy", "psutil", "onnxruntime", "openvino", "ai_edge_litert.interpreter",
+             "vlab_backend.pipeline.job",
              "vlab_backend.harness.__main__", "vlab_backend.engines.onnxruntime_engine",
              "vlab_backend.engines.openvino_engine", "vlab_backend.engines.tflite_engine")
 
@@ -77,7 +78,7 @@ def _serve_connection(connection: socket.socket) -> None:
             with contextlib.suppress(OSError):
                 connection.recv(1)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)  # the child leads its own process group
 
         threading.Thread(target=watch_client, daemon=True).start()
         _, status = os.waitpid(pid, 0)
@@ -91,23 +92,30 @@ def serve(socket_path: Path, cores: set[int]) -> None:
         os.sched_setaffinity(0, cores)
     preload()
     parent = os.getppid()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     socket_path.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(socket_path))
     socket_path.chmod(0o600)
     server.listen(8)
-    server.settimeout(1.0)
-    while True:
-        if os.getppid() != parent:  # the server is gone: stop taking work
-            break
+    server.settimeout(0.5)
+    runs: list[threading.Thread] = []
+    # Stop taking work when told to or when the server is gone; runs in flight finish first,
+    # so that a server restart re-adopts them as it does without warm workers.
+    while not stop.is_set() and os.getppid() == parent:
         try:
             connection, _ = server.accept()
         except TimeoutError:
             continue
         connection.settimeout(None)
-        threading.Thread(target=_serve_connection, args=(connection,), daemon=True).start()
+        run = threading.Thread(target=_serve_connection, args=(connection,))
+        run.start()
+        runs = [r for r in runs if r.is_alive()] + [run]
     server.close()
     socket_path.unlink(missing_ok=True)
+    for run in runs:
+        run.join()
 
 
 
