@@ -195,6 +195,12 @@ def create_benchmark(session: Session, user: User, request: RunRequest,
     return bench
 
 
+def blob_unreferenced(session: Session, digest_column: Any, sha256: str) -> bool:
+    """After a row was deleted: whether no other row still uses the blob `sha256`."""
+    session.flush()
+    return session.scalar(select(digest_column).where(digest_column == sha256).limit(1)) is None
+
+
 T = TypeVar("T")
 
 

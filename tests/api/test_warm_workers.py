@@ -18,13 +18,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def warm_server(tmp_path: Path) -> Iterator[LiveServer]:
     live = LiveServer(tmp_path / "data", ["--warm-workers"]).start()
+    time.sleep(2)  # let the workers import the engines
     yield live
     live.stop()
 
 
 def test_runs_are_fresh_forks_of_a_warm_worker(warm_server: LiveServer,
                                                small_onnx: Path) -> None:
-    time.sleep(2)  # let the workers import the engines
     with warm_server.client() as client:
         reports = []
         for _ in range(2):
@@ -38,12 +38,17 @@ def test_runs_are_fresh_forks_of_a_warm_worker(warm_server: LiveServer,
     assert reports[0]["cpuset"] == reports[1]["cpuset"] == [0]
 
 
-def test_cancel_stops_a_warm_run(warm_server: LiveServer, small_onnx: Path) -> None:
-    time.sleep(2)
-    with warm_server.client() as client:
-        bench_id = submit(client, small_onnx, nb_inference="5", target_uids=["host-cpu-1"],
-                          parameters={"min_time_s": 60}).json()["id"]
+def start_long_run(server: LiveServer, model: Path, uid: str, seconds: float) -> str:
+    with server.client() as client:
+        bench_id = str(submit(client, model, nb_inference="5", target_uids=[uid],
+                              parameters={"min_time_s": seconds}).json()["id"])
         wait_status(client, bench_id, "running")
+    return bench_id
+
+
+def test_cancel_stops_a_warm_run(warm_server: LiveServer, small_onnx: Path) -> None:
+    bench_id = start_long_run(warm_server, small_onnx, "host-cpu-1", 60)
+    with warm_server.client() as client:
         deadline = time.monotonic() + 30
         harness = []
         while not harness and time.monotonic() < deadline:
@@ -59,11 +64,7 @@ def test_cancel_stops_a_warm_run(warm_server: LiveServer, small_onnx: Path) -> N
 
 
 def test_a_warm_run_survives_a_server_crash(warm_server: LiveServer, small_onnx: Path) -> None:
-    time.sleep(2)
-    with warm_server.client() as client:
-        bench_id = submit(client, small_onnx, nb_inference="5", target_uids=["host-cpu-0"],
-                          parameters={"min_time_s": 4}).json()["id"]
-        wait_status(client, bench_id, "running")
+    bench_id = start_long_run(warm_server, small_onnx, "host-cpu-0", 4)
     warm_server.kill9()
     warm_server.start()
     with warm_server.client() as client:

@@ -13,7 +13,7 @@ from vlab_backend.api.state import AppState, StateDep, UserDep
 from vlab_backend.api.uploads import safe_filename, save_upload
 from vlab_backend.blobstore import sha256_file
 from vlab_backend.store.schema import Benchmark, Dataset, User
-from vlab_backend.submission import discard, retry_on_conflict, visible
+from vlab_backend.submission import blob_unreferenced, discard, retry_on_conflict, visible
 
 router = APIRouter(tags=["datasets"])
 
@@ -75,8 +75,7 @@ def delete_dataset(name: str, state: StateDep, user: UserDep) -> dict[str, Any]:
                                      "which has not finished")
         sha = dataset.sha256
         session.delete(dataset)
-        session.flush()
-        still_used = session.scalar(select(Dataset.id).where(Dataset.sha256 == sha))
-    if still_used is None:
+        orphan = blob_unreferenced(session, Dataset.sha256, sha)
+    if orphan:
         state.scheduler.datasets.remove(sha)
     return {"name": name, "deleted": True}

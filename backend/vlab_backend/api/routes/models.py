@@ -22,6 +22,7 @@ from vlab_backend.intake import ModelInfo
 from vlab_backend.store.schema import Benchmark, StoredModel, User
 from vlab_backend.submission import (
     SubmissionError,
+    blob_unreferenced,
     discard,
     intake_upload,
     model_ref,
@@ -186,8 +187,7 @@ def delete_model(ident: str, state: StateDep, user: UserDep) -> dict[str, Any]:
             raise HTTPException(409, f"{ident} is used by benchmarks; delete them first")
         sha = model.sha256
         session.delete(model)
-        session.flush()
-        shared = session.scalar(select(StoredModel.id).where(StoredModel.sha256 == sha))
-    if shared is None:
+        orphan = blob_unreferenced(session, StoredModel.sha256, sha)
+    if orphan:
         state.scheduler.models.remove(sha)
     return {"model": ident, "deleted": True}
