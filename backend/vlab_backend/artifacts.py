@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +61,11 @@ def collect(job_dir: Path, destination: Path, benchmark_type: str, canceled: boo
     for name, filename in ARTIFACT_FILES.items():
         source = out / filename
         if source.is_file():
-            shutil.copyfile(source, destination / filename)
+            _move(source, destination / filename)
             present.append(name)
     if benchmark_type == "TYPE3":
         for trained in sorted(out.glob("model.*")):
-            shutil.copyfile(trained, destination / trained.name)
+            _move(trained, destination / trained.name)
             present.append("trained_model")
             break
     _write_pipeline_log(job_dir, destination)
@@ -93,6 +94,15 @@ def collect(job_dir: Path, destination: Path, benchmark_type: str, canceled: boo
     if benchmark_type == "TYPE2" and "binary" not in present:
         return Outcome("failed", "the target produced no raw_output.bin", present, metrics)
     return Outcome("success", "", present, metrics)
+
+
+def _move(source: Path, target: Path) -> None:
+    """A rename where the job and artifact directories share a file system (the usual case:
+    both live in the data directory), a copy otherwise."""
+    try:
+        os.replace(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _write_pipeline_log(job_dir: Path, destination: Path) -> None:

@@ -33,3 +33,23 @@ def test_parameters_are_validated_against_declared_types() -> None:
         spec.validate_parameters({"threads": -1})
     assert get_spec("tflite").validate_parameters({"use_xnnpack": "false"}) == {
         "use_xnnpack": False}
+
+
+def test_a_builtin_engine_is_found_without_scanning_entry_points(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The harness looks up one engine per run; scanning every installed distribution for
+    # entry points would cost it tens of milliseconds.
+    import importlib.metadata
+
+    from vlab_backend import engines
+
+    def no_scan(**_kwargs: object) -> object:
+        raise AssertionError("entry points scanned")
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", no_scan)
+    engines._modules.cache_clear()
+    try:
+        assert get_spec("onnxruntime").name == "onnxruntime"
+        assert create_adapter("synthetic").__class__.__module__.endswith("synthetic_engine")
+    finally:
+        engines._modules.cache_clear()

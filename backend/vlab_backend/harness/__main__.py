@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     inputs_spec = adapter.inputs()
     timings = Timings()
     freq_start = sysinfo.cpu_frequency_mhz(cpus)
+    cpu_mark = sysinfo.cpu_clock()
     try:
         _measure(args, adapter, inputs_spec, params, timings, out_dir, progress)
     except (HarnessError, ValueError):
@@ -191,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise HarnessError(f"inference with {args.engine} failed: {short_message(exc)}") from exc
 
     freq_end = sysinfo.cpu_frequency_mhz(cpus)
+    load_cpu = sysinfo.cpu_load_percent(cpu_mark)
     peak = sysinfo.peak_rss_bytes()  # before profiling, which loads the model again
     layers = None
     if params["profile_layers"]:
@@ -208,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peak_memory_bytes": peak,
         "memory_delta_bytes": max(0, peak - baseline),
         "ram_size": sysinfo.total_ram_bytes(),
-        "load_cpu": sysinfo.cpu_load_percent(),
+        "load_cpu": load_cpu,
         "temperature": sysinfo.temperature_c(),
         "threads": threads,
         "cpuset": cpus,

@@ -10,8 +10,10 @@
 #   error_log_enable      copy stderr to error.log again
 
 VLAB_OUT_DIR="${VLAB_OUT_DIR:-$PWD/AI_Manager/out}"
-mkdir -p "$VLAB_OUT_DIR"
-touch "$VLAB_OUT_DIR/user.log" "$VLAB_OUT_DIR/error.log"
+# Shell built-ins only: every step sources this file, and each external command costs a fork.
+[[ -d "$VLAB_OUT_DIR" ]] || mkdir -p "$VLAB_OUT_DIR"
+: >>"$VLAB_OUT_DIR/user.log"
+: >>"$VLAB_OUT_DIR/error.log"
 
 set -eE
 exec 3>&2

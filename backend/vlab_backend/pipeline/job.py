@@ -9,14 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 STEPS = (
     ("support", "AI_Support/support.sh"),
@@ -86,7 +84,7 @@ def inherited_environment() -> dict[str, str]:
 
 
 def functions_path() -> Path:
-    return Path(str(files("vlab_backend.pipeline")))
+    return Path(__file__).resolve().parent
 
 
 def _prepare_workdir(spec: JobSpec, job_dir: Path) -> tuple[Path, dict[str, str]]:
@@ -136,6 +134,8 @@ def _prepare_workdir(spec: JobSpec, job_dir: Path) -> tuple[Path, dict[str, str]
 
 
 def _kill_tree(pid: int) -> None:
+    import psutil  # only on a time-out: not worth its import time in every pipeline
+
     try:
         parent = psutil.Process(pid)
         procs = [*parent.children(recursive=True), parent]
@@ -154,12 +154,22 @@ def _run_step(script: Path, work: Path, env: dict[str, str], timeout_s: int,
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
-        try:
-            return proc.wait(timeout=timeout_s), False
-        except subprocess.TimeoutExpired:
-            _kill_tree(proc.pid)
-            proc.wait()
-            return 124, True
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _kill_tree(proc.pid)
+
+    # A timer rather than `wait(timeout=...)`, which polls and notices the end of a step up
+    # to 50 ms late; this wait returns the moment the step exits.
+    timer = threading.Timer(timeout_s, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    return (124, True) if expired.is_set() else (code, False)
 
 
 def _user_error(work: Path, message: str) -> None:

@@ -2,7 +2,8 @@
 
 The pipeline runs in a new session so that it survives a crash of the server; the scheduler
 re-adopts it on restart from its reference (`<pid>:<process start time>`), kept in the
-database and in the job directory.
+database and in the job directory. With warm workers, the instance's worker forks the pipeline
+instead (same session rules, same reference); if no worker answers, the pipeline starts cold.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ from pathlib import Path
 import psutil
 
 from vlab_backend.pipeline.job import JobSpec
-from vlab_backend.runners.warm import WarmPool
+from vlab_backend.runners import warm_client
+from vlab_backend.runners.warm import WarmPool, parse_reply, send_request
 
 PID_FILE = "pid"
 
@@ -50,6 +53,8 @@ class LocalRunner:
 
     def __init__(self, warm_workers: bool = False) -> None:
         self._children: dict[int, asyncio.subprocess.Process] = {}
+        # Pipelines forked by a warm worker: the connection that reports their exit.
+        self._warm_runs: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
         self.warm: WarmPool | None = WarmPool() if warm_workers else None
 
     def prewarm(self, core_sets: list[list[int]]) -> None:
@@ -63,15 +68,17 @@ class LocalRunner:
             self.warm.close()
 
     async def start(self, job_dir: Path, spec: JobSpec) -> str:
-        command = [sys.executable, "-m", "vlab_backend.pipeline", str(job_dir)]
         if self.warm is not None:
-            # The pipeline and its harness are forked from the instance's warm worker; the
-            # small client process stands for them (pid, process group, exit code).
-            socket_path = str(self.warm.socket_for(spec.cpuset))
-            spec.env["VLAB_HARNESS_SOCKET"] = socket_path
+            socket_path = self.warm.socket_for(spec.cpuset)
+            # The manager step asks the same worker for the harness (see warm_client).
+            spec.env["VLAB_HARNESS_SOCKET"] = str(socket_path)
+            spec.env["VLAB_WARM_CLIENT"] = str(Path(warm_client.__file__).resolve())
             spec.write(job_dir)
-            command = [sys.executable, "-m", "vlab_backend.runners.warm_client", socket_path,
-                       "vlab_backend.pipeline", str(job_dir)]
+            ref = await self._start_warm(socket_path, job_dir)
+            if ref is not None:
+                (job_dir / PID_FILE).write_text(f"{ref}\n")
+                return str(ref)
+        command = [sys.executable, "-m", "vlab_backend.pipeline", str(job_dir)]
         with (job_dir / "pipeline.out").open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 *command,
@@ -85,6 +92,32 @@ class LocalRunner:
         self._children[proc.pid] = proc
         return str(ref)
 
+    async def _start_warm(self, socket_path: Path, job_dir: Path) -> ProcessRef | None:
+        """Have the instance's warm worker fork the pipeline; None when no worker answers
+        (still importing, or gone)."""
+        log = os.open(job_dir / "pipeline.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(connection, str(socket_path))
+            send_request(connection, {
+                "module": "vlab_backend.pipeline", "args": [str(job_dir)], "cwd": str(job_dir),
+                "env": dict(os.environ), "detached": True}, [null, log, log])
+            reader, writer = await asyncio.open_unix_connection(sock=connection)
+            word, values = parse_reply(await asyncio.wait_for(reader.readline(), timeout=10))
+            if word != "pid":
+                raise ValueError(f"unexpected reply from the warm worker: {word}")
+            ref = ProcessRef(int(values[0]), float(values[1]))
+        except (OSError, ValueError, IndexError, TimeoutError):
+            connection.close()
+            return None
+        finally:
+            os.close(log)
+            os.close(null)
+        self._warm_runs[ref.pid] = (reader, writer)
+        return ref
+
     async def wait(self, job_dir: Path, ref: str) -> None:
         """Until the job's process has ended (own child or adopted after a restart)."""
         process = ProcessRef.parse(ref)
@@ -92,6 +125,14 @@ class LocalRunner:
         if proc is not None:
             await proc.wait()
             return
+        warm_run = self._warm_runs.pop(process.pid, None)
+        if warm_run is not None:
+            reader, writer = warm_run
+            with contextlib.suppress(OSError):
+                while line := await reader.readline():  # EOF: the worker is gone; poll
+                    if parse_reply(line)[0] == "exit":
+                        break
+            writer.close()
         while process.alive():
             await asyncio.sleep(0.2)
 

@@ -1,10 +1,19 @@
 """Warm workers: one process per target instance that has already imported the engines and
-forks a fresh child for every harness run.
+forks a fresh child for every run.
 
-A job's harness then skips interpreter start-up and engine imports (0.3-0.5 s for ONNX Runtime
-or OpenVINO) yet cannot inherit another job's state: the warm process never runs a job itself,
-and every run is a new fork of it. The client (`warm_client`) passes its standard streams over
-the Unix socket; if it goes away (cancel, time limit), the child is killed.
+The local runner asks the worker of the job's instance for the pipeline directly over its Unix
+socket; the pipeline's manager step asks again for the harness through `warm_client`. Both then
+skip interpreter start-up and imports (0.3-0.5 s for ONNX Runtime or OpenVINO) yet cannot
+inherit another job's state: the warm process never runs a job itself, and every run is a new
+fork of it. A request passes the standard streams to use (SCM_RIGHTS) and says whether the run
+is tied to the requesting connection: a harness run is killed when its client goes away
+(cancel, time limit); a pipeline run is detached, so that it survives a crash of the server and
+is re-adopted like any other pipeline.
+
+Protocol, one connection per run: the client sends a marshal-encoded request
+`{"module", "args", "cwd", "env", "detached"}` with its stdin, stdout and stderr attached
+(SCM_RIGHTS); the worker answers `pid <pid> <start time>` once the child is forked and
+`exit <code>` when it has ended.
 
     python -m vlab_backend.runners.warm SOCKET CORES
 """
@@ -12,7 +21,8 @@ the Unix socket; if it goes away (cancel, time limit), the child is killed.
 from __future__ import annotations
 
 import contextlib
-import json
+import gc
+import marshal
 import os
 import runpy
 import signal
@@ -22,7 +32,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-PRELOADED = ("numpy", "psutil", "onnxruntime", "openvino", "ai_edge_litert.interpreter",
+PRELOADED = ("numpy", "numpy.random", "psutil", "onnxruntime", "openvino",
+             "ai_edge_litert.interpreter",
              "vlab_backend.pipeline.job",
              "vlab_backend.harness.__main__", "vlab_backend.engines.onnxruntime_engine",
              "vlab_backend.engines.openvino_engine", "vlab_backend.engines.tflite_engine")
@@ -34,11 +45,20 @@ def preload() -> None:
     for name in PRELOADED:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    from vlab_backend.engines import engine_specs
+
+    engine_specs()  # the entry-point scan, once
+    # Everything loaded so far is never collected: children then do not touch (and copy) the
+    # parent's pages when their garbage collector runs.
+    gc.collect()
+    gc.freeze()
 
 
-def _run_child(request: dict[str, Any], fds: list[int]) -> None:
+def _run_child(request: dict[str, Any], fds: list[int], ready: int) -> None:
     """In the forked child: become the requested module's process, then exit."""
     os.setsid()
+    os.write(ready, b"1")  # the process group exists: the run can be killed as a whole
+    os.close(ready)
     for target, fd in zip((0, 1, 2), fds, strict=True):
         os.dup2(fd, target)
     os.chdir(request["cwd"])
@@ -46,6 +66,11 @@ def _run_child(request: dict[str, Any], fds: list[int]) -> None:
     os.environ.update(request["env"])
     os.environ["VLAB_WARM_WORKER"] = "1"
     sys.argv = [request["module"], *request["args"]]
+    # Preloading imported the module's dependencies; the module itself runs afresh as
+    # __main__ (runpy warns when it finds it already imported).
+    for name in (request["module"], f"{request['module']}.__main__"):
+        if not hasattr(sys.modules.get(name), "__path__"):
+            sys.modules.pop(name, None)
     code = 0
     try:
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
@@ -63,15 +88,24 @@ def _run_child(request: dict[str, Any], fds: list[int]) -> None:
 
 def _serve_connection(connection: socket.socket) -> None:
     with connection:
-        message, fds, _flags, _addr = socket.recv_fds(connection, 1 << 20, 3)
-        request = json.loads(message)
+        request, fds = _receive_request(connection)
+        ready_read, ready_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             connection.close()
-            _run_child(request, fds)
+            os.close(ready_read)
+            _run_child(request, fds, ready_write)
+        os.close(ready_write)
         for fd in fds:
             os.close(fd)
-        connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        # Answer only once the child leads its own process group, so that a cancel or a
+        # client that goes away at once still reaches the whole run.
+        os.read(ready_read, 1)
+        os.close(ready_read)
+        connection.sendall(f"pid {pid} {_start_time(pid)}\n".encode())
+        if request.get("detached"):
+            _report_exit(connection, pid)
+            return
 
         def watch_client() -> None:
             # The client closes its end only when it dies: then the run must stop too.
@@ -81,10 +115,51 @@ def _serve_connection(connection: socket.socket) -> None:
                 os.killpg(pid, signal.SIGKILL)  # the child leads its own process group
 
         threading.Thread(target=watch_client, daemon=True).start()
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        with contextlib.suppress(OSError):
-            connection.sendall(json.dumps({"exit": code}).encode() + b"\n")
+        _report_exit(connection, pid)
+
+
+def _receive_request(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    data, fds, _flags, _addr = socket.recv_fds(connection, 1 << 20, 3)
+    while True:
+        try:
+            request = marshal.loads(data)
+        except (EOFError, ValueError):  # a large environment can arrive in pieces
+            more = connection.recv(1 << 20)
+            if not more:
+                raise
+            data += more
+            continue
+        if not isinstance(request, dict):
+            raise ValueError("a warm-worker request is a dict")
+        return request, fds
+
+
+def send_request(connection: socket.socket, request: dict[str, Any], streams: list[int]) -> None:
+    """Send `request`; the run gets `streams` as its stdin, stdout and stderr."""
+    socket.send_fds(connection, [marshal.dumps(request)], streams)
+
+
+def parse_reply(line: bytes) -> tuple[str, list[str]]:
+    word, *values = line.decode().split()
+    return word, values
+
+
+def _start_time(pid: int) -> float:
+    """The child's start time as psutil reports it: with the pid, a reference that a reused
+    pid cannot match (the child cannot be reaped before this worker waits for it)."""
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:
+        return 0.0
+
+
+def _report_exit(connection: socket.socket, pid: int) -> None:
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    with contextlib.suppress(OSError):
+        connection.sendall(f"exit {code}\n".encode())
 
 
 def serve(socket_path: Path, cores: set[int]) -> None:
