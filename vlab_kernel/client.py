@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from vlab_backend.blobstore import sha256_file
 from vlab_kernel.connection import Connection, resolve
@@ -153,5 +154,12 @@ class VlabClient:
     def results(self, **filters: Any) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.get_json("/api/results", **filters)
         return result
+
+    def results_table(self, **filters: Any) -> tuple[list[str], list[list[Any]]]:
+        """The results as column names and rows of values: the compact layout, parsed with
+        orjson, that 10^4 rows need to reach a DataFrame quickly."""
+        params = {k: v for k, v in filters.items() if v is not None} | {"format": "columns"}
+        table = orjson.loads(self.request("GET", "/api/results", params=params).content)
+        return table["columns"], table["data"]
 
 

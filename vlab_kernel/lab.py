@@ -269,8 +269,8 @@ class Lab:
     def results(self, include_public: bool = False, **filters: Any) -> pd.DataFrame:
         """One row per benchmark with flattened metrics. Filters: target, engine, model,
         status, benchmark_type."""
-        rows = self.client.results(include_public=include_public, **filters)
-        frame = pd.DataFrame(rows)
+        columns, rows = self.client.results_table(include_public=include_public, **filters)
+        frame = pd.DataFrame(rows, columns=columns)
         for column in ("created_at", "finished_at"):
             if column in frame:
                 frame[column] = pd.to_datetime(frame[column], format="ISO8601")

@@ -87,6 +87,16 @@ def test_benchmark_lifecycle_and_artifacts(server: LiveServer, small_onnx: Path)
         rows = client.get("/api/results").json()
         row = next(r for r in rows if r["id"] == bench_id)
         assert row["latency_mean_s"] == pytest.approx(report["inference_latency"]["mean"])
+        assert row["engine"] == "onnxruntime" and row["status"] == "success"
+        assert row["created_at"] == final["created_at"]
+        # The compact layout carries the same table, each column name once.
+        table = client.get("/api/results", params={"format": "columns"}).json()
+        assert len(table["data"]) == len(rows)
+        for values, record in zip(table["data"], rows, strict=True):
+            # A metric that a row lacks (a failed run has none) is null in its column.
+            assert {k: v for k, v in zip(table["columns"], values, strict=True)
+                    if v is not None} == {k: v for k, v in record.items() if v is not None}
+        assert client.get("/api/results", params={"format": "xml"}).status_code == 422
 
 
 def test_artifacts_answer_428_until_the_benchmark_ends(server: LiveServer,

@@ -38,20 +38,6 @@ def benchmark_view(bench: Benchmark) -> dict[str, Any]:
     }
 
 
-def result_row(bench: Benchmark) -> dict[str, Any]:
-    """One flat row per benchmark, for DataFrames and tables."""
-    row: dict[str, Any] = {
-        "id": bench.id, "status": bench.status, "target": bench.target_type,
-        "target_uid": bench.target_uid, "engine": bench.engine,
-        "benchmark_type": bench.benchmark_type, "model": bench.model_filename,
-        "model_sha256": bench.model_sha256, "nb_inference_requested": bench.nb_inference,
-        "created_at": _iso(bench.created_at), "finished_at": _iso(bench.finished_at),
-        "message": bench.message,
-    }
-    row.update(bench.metrics or {})
-    return row
-
-
 def instance_view(instance: TargetInstance, running: str | None) -> dict[str, Any]:
     return {
         "target_uid": instance.uid, "target": instance.target_type, "host": instance.host,

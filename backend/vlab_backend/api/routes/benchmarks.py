@@ -15,9 +15,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vlab_backend.api import sse
+from vlab_backend.api.results import Layout, encode, table_query
 from vlab_backend.api.state import AppState, StateDep, UserDep
 from vlab_backend.api.uploads import safe_filename, save_upload
-from vlab_backend.api.views import benchmark_view, result_row
+from vlab_backend.api.views import benchmark_view
 from vlab_backend.blobstore import sha256_file
 from vlab_backend.catalog import engine_profile
 from vlab_backend.intake import ModelInfo
@@ -219,18 +220,21 @@ def result_rows(state: StateDep, user: UserDep, target: str | None = None,
                 engine: str | None = None, model: str | None = None,
                 status: str | None = None, benchmark_type: str | None = None,
                 include_public: bool = False,
-                limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> Response:
-    """Flat rows (one per benchmark, metrics as columns) for DataFrames and tables."""
+                limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+                format: Annotated[Layout, Query(
+                    description="records: a list of objects; columns: "
+                                "{columns, data} for DataFrames")] = "records") -> Response:
+    """Flat rows (one per benchmark, metrics as columns) for DataFrames and tables, newest
+    first."""
     query = _filtered(engine, target, benchmark_type, model, status)
     if include_public:
         query = visible(query, Benchmark.owner_id, Benchmark.public, user)
     else:
         query = query.where(Benchmark.owner_id == user.id)
     with state.db.session() as session:
-        rows = session.scalars(query.order_by(Benchmark.seq.desc()).limit(limit)).all()
-        # Plain rows of plain values: serialise directly (FastAPI's encoder is slow at 10^4).
-        return Response(json.dumps([result_row(b) for b in rows]),
-                        media_type="application/json")
+        rows = session.execute(table_query(query).order_by(Benchmark.seq.desc())
+                               .limit(limit)).all()
+    return Response(encode(list(rows), format), media_type="application/json")
 
 
 def _load_visible(state: AppState, user: User, bench_id: str) -> Benchmark:
