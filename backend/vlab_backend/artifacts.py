@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from vlab_backend.pipeline.job import OUT_DIR, RESULT_FILE, STEPS
 
 # Artifact name -> file name under AI_Manager/out.
@@ -77,8 +79,8 @@ def collect(job_dir: Path, destination: Path, benchmark_type: str, canceled: boo
     metrics: dict[str, Any] = {}
     if "report" in present:
         try:
-            metrics = flat_metrics(json.loads((destination / "report.json").read_text()))
-        except (json.JSONDecodeError, AttributeError):
+            metrics = flat_metrics(orjson.loads((destination / "report.json").read_bytes()))
+        except (orjson.JSONDecodeError, AttributeError):
             metrics = {}
     if canceled:
         return Outcome("canceled", "canceled by the user", present, metrics)

@@ -199,7 +199,9 @@ class Scheduler:
         finally:
             watcher.cancel()
         self._refs.pop(bench_id, None)
-        self._finalize_from_job_dir(bench_id)
+        self._finalize_from_job_dir(bench_id, cleanup=False)
+        await asyncio.sleep(0)  # let the terminal event reach the clients first
+        await asyncio.to_thread(shutil.rmtree, self.job_dir(bench_id), ignore_errors=True)
 
     async def _watch_progress(self, bench_id: str) -> None:
         path = self.job_dir(bench_id) / PROGRESS_FILE
@@ -232,7 +234,8 @@ class Scheduler:
                     bench.progress_done, bench.progress_total = int(done), int(total)
 
     # -- completion ------------------------------------------------------------------------
-    def _finalize_from_job_dir(self, bench_id: str, interrupted: str = "") -> None:
+    def _finalize_from_job_dir(self, bench_id: str, interrupted: str = "",
+                               cleanup: bool = True) -> None:
         with self.db.session() as session:
             bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
             assert bench is not None
@@ -241,7 +244,8 @@ class Scheduler:
                           canceled=bench_id in self._canceling, interrupted=interrupted)
         self._canceling.discard(bench_id)
         self._finalize(bench_id, outcome)
-        shutil.rmtree(self.job_dir(bench_id), ignore_errors=True)
+        if cleanup:
+            shutil.rmtree(self.job_dir(bench_id), ignore_errors=True)
 
     def _finalize(self, bench_id: str, outcome: Outcome) -> None:
         with self.db.session() as session:

@@ -87,6 +87,8 @@ def temperature_c(hwmon: Path = Path("/sys/class/hwmon")) -> float | None:
 
     Read directly rather than through psutil, which is not worth its import time in the
     measured process."""
+    if not hwmon.is_dir():
+        return None
     readings = []
     for sensor in hwmon.glob("hwmon*/temp*_input"):
         try:

@@ -46,8 +46,10 @@ def preload() -> None:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     from vlab_backend.engines import engine_specs
+    from vlab_backend.harness.__main__ import _parser
 
     engine_specs()  # the entry-point scan, once
+    _parser().format_help()  # compiles argparse's regular expressions into re's cache
     # Everything loaded so far is never collected: children then do not touch (and copy) the
     # parent's pages when their garbage collector runs.
     gc.collect()
