@@ -151,7 +151,7 @@ FIDELITY_CASES = [("squeezenet", "onnxruntime", lambda: onnx_zoo("squeezenet")),
                   ("face_detection_short_range", "tflite", tflite_zoo)]
 
 
-def fidelity(server: LiveServer, rounds: int = 7) -> list[FidelityRow]:
+def fidelity(server: LiveServer, rounds: int = 9) -> list[FidelityRow]:
     return [fidelity_row(server, label, engine, model(), rounds)
             for label, engine, model in FIDELITY_CASES]
 
@@ -177,7 +177,7 @@ def repeatability(server: LiveServer, model: Path, repeats: int = 5) -> Repeatab
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = LiveServer(Path(tmp) / "data").start()

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,23 +45,34 @@ def timed_sum(server: LiveServer, bench_id: str) -> float:
     return float(sum(report["inference_latency"]["samples"]))
 
 
-def platform_overhead(server: LiveServer, model: Path, jobs: int = 8) -> tuple[float, float]:
-    """Median of (submit → notified) − timed inferences over small jobs; and the median
-    notification latency (pipeline end → client notified)."""
-    overheads, notify = [], []
+@dataclass
+class Overhead:
+    """Medians over small jobs, in seconds."""
+
+    total: float  # submit → client notified, minus the timed inferences
+    before: float  # submit → the pipeline process starts (API, queue, dispatch, start-up)
+    pipeline: float  # the pipeline's own time beyond the timed inferences (steps, harness)
+    notify: float  # the pipeline's end → client notified (collection, database, event)
+
+
+def platform_overhead(server: LiveServer, model: Path, jobs: int = 8) -> Overhead:
+    """Small jobs one after the other on one instance, and where their time goes."""
+    parts: list[tuple[float, float, float, float]] = []
     with server.client() as client:
         for _ in range(jobs):
-            started = time.time()
+            submitted = time.time()
             bench_id = submit(client, model, target_uids=["host-cpu-0"],
                               parameters={"warmup_runs": 1, "warmup_min_s": 0,
                                           "profile_layers": False})
             arrived, info = follow(server, bench_id)
             assert info["status"] == "success", info
-            overheads.append(arrived - started - timed_sum(server, bench_id))
+            timed = timed_sum(server, bench_id)
             result = json.loads((server.data_dir / "artifacts" / bench_id /
                                  "pipeline.json").read_text())
-            notify.append(arrived - result["finished"])
-    return statistics.median(overheads), statistics.median(notify)
+            parts.append((arrived - submitted - timed, result["started"] - submitted,
+                          result["finished"] - result["started"] - timed,
+                          arrived - result["finished"]))
+    return Overhead(*(statistics.median(column) for column in zip(*parts, strict=True)))
 
 
 def sweep_throughput(server: LiveServer, model: Path, jobs: int = 12) -> float:
@@ -140,7 +152,7 @@ def main() -> int:
             print("repeatability ...", flush=True)
             figures["repeat"] = repeatability(cold, squeezenet)
             print("platform overhead (cold) ...", flush=True)
-            figures["overhead_cold"], figures["notify"] = platform_overhead(cold, small)
+            figures["overhead_cold"] = platform_overhead(cold, small)
             print("sweep throughput (cold) ...", flush=True)
             figures["sweep_cold"] = sweep_throughput(cold, small)
             print("API scale ...", flush=True)
@@ -152,7 +164,7 @@ def main() -> int:
         try:
             time.sleep(3)  # the workers import the engines
             print("platform overhead (warm) ...", flush=True)
-            figures["overhead_warm"], figures["notify_warm"] = platform_overhead(warm, small)
+            figures["overhead_warm"] = platform_overhead(warm, small)
             print("sweep throughput (warm) ...", flush=True)
             figures["sweep_warm"] = sweep_throughput(warm, small)
         finally:
@@ -171,6 +183,13 @@ def write(f: dict[str, Any]) -> None:
         return "met" if ok else "not met"
 
     rows: list[FidelityRow] = f["fidelity"]
+    cold: Overhead = f["overhead_cold"]
+    warm: Overhead = f["overhead_warm"]
+
+    def split(overhead: Overhead) -> str:
+        return " / ".join(f"{part * 1e3:.0f} ms" for part in (
+            overhead.before, overhead.pipeline, overhead.notify))
+
     repeat: Repeatability = f["repeat"]
     lines = [
         "# Performance results", "",
@@ -178,12 +197,14 @@ def write(f: dict[str, Any]) -> None:
         f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
         f"{platform.python_version()}. Every figure comes from this one run.", "",
         "| figure | measured | goal | |", "|---|---|---|---|",
-        f"| platform overhead, cold (median of small jobs) | {f['overhead_cold']:.3f} s | "
-        f"≤ 0.5 s | {mark(f['overhead_cold'] <= 0.5)} |",
-        f"| platform overhead, warm workers | {f['overhead_warm']:.3f} s | ≤ 0.1 s | "
-        f"{mark(f['overhead_warm'] <= 0.1)} |",
+        f"| platform overhead, cold (median of small jobs) | {cold.total:.3f} s | "
+        f"≤ 0.5 s | {mark(cold.total <= 0.5)} |",
+        f"| … before the pipeline / in the pipeline / after it | {split(cold)} | – | |",
+        f"| platform overhead, warm workers | {warm.total:.3f} s | ≤ 0.1 s | "
+        f"{mark(warm.total <= 0.1)} |",
+        f"| … before the pipeline / in the pipeline / after it | {split(warm)} | – | |",
         f"| notification latency (job end → client notified) | "
-        f"{f['notify'] * 1e3:.1f} ms | ≤ 50 ms | {mark(f['notify'] <= 0.05)} |",
+        f"{cold.notify * 1e3:.1f} ms | ≤ 50 ms | {mark(cold.notify <= 0.05)} |",
         f"| sweep throughput, warm workers (12 one-second jobs on all instances ÷ ideal) | "
         f"{f['sweep_warm']:.2f} | ≥ 0.8 | {mark(f['sweep_warm'] >= 0.8)} |",
         f"| sweep throughput, cold (each job starts its interpreters) | "
