@@ -93,8 +93,8 @@ class LocalRunner:
         return str(ref)
 
     async def _start_warm(self, socket_path: Path, job_dir: Path) -> ProcessRef | None:
-        """Have the instance's warm worker fork the pipeline; None when no worker answers
-        (still importing, or gone)."""
+        """Have the instance's warm worker fork the pipeline; None when no worker takes the
+        request (still importing, or gone), so that the pipeline can start cold instead."""
         log = os.open(job_dir / "pipeline.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -104,17 +104,23 @@ class LocalRunner:
             send_request(connection, {
                 "module": "vlab_backend.pipeline", "args": [str(job_dir)], "cwd": str(job_dir),
                 "env": dict(os.environ), "detached": True}, [null, log, log])
-            reader, writer = await asyncio.open_unix_connection(sock=connection)
-            word, values = parse_reply(await asyncio.wait_for(reader.readline(), timeout=10))
-            if word != "pid":
-                raise ValueError(f"unexpected reply from the warm worker: {word}")
-            ref = ProcessRef(int(values[0]), float(values[1]))
-        except (OSError, ValueError, IndexError, TimeoutError):
+        except OSError:
             connection.close()
             return None
         finally:
             os.close(log)
             os.close(null)
+        # From here on the worker may have forked the pipeline: never start a second one.
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=connection)
+            word, values = parse_reply(await asyncio.wait_for(reader.readline(), timeout=30))
+            if word != "pid":
+                raise ValueError(f"unexpected reply {word!r}")
+            ref = ProcessRef(int(values[0]), float(values[1]))
+        except (OSError, ValueError, IndexError, TimeoutError) as exc:
+            connection.close()
+            raise RuntimeError(f"the warm worker of cores {socket_path.stem} did not start "
+                               f"the pipeline ({exc or type(exc).__name__})") from exc
         self._warm_runs[ref.pid] = (reader, writer)
         return ref
 
