@@ -33,14 +33,15 @@ class HarnessError(Exception):
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _parser()
+    parser = argument_parser()
     args = parser.parse_args(argv)
     if not args.engine or not args.model:
         parser.error("an engine (RUNTIME) and a model (MODEL_FILENAME) are required")
     return args
 
 
-def _parser() -> argparse.ArgumentParser:
+def argument_parser() -> argparse.ArgumentParser:
+    """The harness's options, their defaults read from the dAIEdge environment now."""
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="python -m vlab_backend.harness")
     parser.add_argument("--engine", default=env("RUNTIME"))

@@ -5,10 +5,9 @@ The local runner asks the worker of the job's instance for the pipeline directly
 socket; the pipeline's manager step asks again for the harness through `warm_client`. Both then
 skip interpreter start-up and imports (0.3-0.5 s for ONNX Runtime or OpenVINO) yet cannot
 inherit another job's state: the warm process never runs a job itself, and every run is a new
-fork of it. A request passes the standard streams to use (SCM_RIGHTS) and says whether the run
-is tied to the requesting connection: a harness run is killed when its client goes away
-(cancel, time limit); a pipeline run is detached, so that it survives a crash of the server and
-is re-adopted like any other pipeline.
+fork of it. A request says whether the run is tied to the requesting connection: a harness run
+is killed when its client goes away (cancel, time limit); a pipeline run is detached, so that
+it survives a crash of the server and is re-adopted like any other pipeline.
 
 Protocol, one connection per run: the client sends a marshal-encoded request
 `{"module", "args", "cwd", "env", "detached"}` with its stdin, stdout and stderr attached
@@ -46,10 +45,10 @@ def preload() -> None:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     from vlab_backend.engines import engine_specs
-    from vlab_backend.harness.__main__ import _parser
+    from vlab_backend.harness.__main__ import argument_parser
 
     engine_specs()  # the entry-point scan, once
-    _parser().format_help()  # compiles argparse's regular expressions into re's cache
+    argument_parser().format_help()  # compiles argparse's regular expressions into re's cache
     # Everything loaded so far is never collected: children then do not touch (and copy) the
     # parent's pages when their garbage collector runs.
     gc.collect()
