@@ -289,6 +289,7 @@ class Scheduler:
             active = session.scalars(select(Benchmark).where(
                 Benchmark.status.in_(ACTIVE_STATUSES))).all()
             plans = [(b.id, b.runner_ref) for b in active]
+        self._remove_stale_job_dirs({bench_id for bench_id, _ in plans})
         for bench_id, stored_ref in plans:
             job_dir = self.job_dir(bench_id)
             ref = stored_ref or self.runner.reference_in(job_dir)
@@ -304,6 +305,14 @@ class Scheduler:
                 self._finalize_from_job_dir(
                     bench_id, interrupted="the job's process ended while the server was down")
         self.wake()
+
+    def _remove_stale_job_dirs(self, active: set[str]) -> None:
+        """Job directories of ended benchmarks (a stop between the end and the clean-up)."""
+        if not self.settings.jobs_dir.is_dir():
+            return
+        for job_dir in self.settings.jobs_dir.iterdir():
+            if job_dir.is_dir() and job_dir.name not in active:
+                shutil.rmtree(job_dir, ignore_errors=True)
 
     def _mark_running(self, bench_id: str, ref: str) -> None:
         with self.db.session() as session:

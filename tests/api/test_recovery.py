@@ -54,3 +54,19 @@ def test_jobs_that_died_with_the_server_end_failed(fresh_server: LiveServer,
         # The instance is usable again.
         again = submit(client, small_onnx, nb_inference="3").json()["id"]
         assert wait_terminal(client, again)["status"] == "success"
+
+
+def test_restart_removes_job_directories_of_ended_benchmarks(fresh_server: LiveServer,
+                                                            small_onnx: Path) -> None:
+    server = fresh_server
+    with server.client() as client:
+        bench_id = submit(client, small_onnx, nb_inference="5").json()["id"]
+        assert wait_terminal(client, bench_id)["status"] == "success"
+    # What a stop between a job's end and its clean-up leaves behind.
+    stale = server.data_dir / "jobs" / bench_id
+    (stale / "work").mkdir(parents=True)
+    server.kill9()
+    server.start()
+    assert not stale.exists()
+    with server.client() as client:
+        assert client.get(f"/api/benchmarks/{bench_id}").json()["status"] == "success"
