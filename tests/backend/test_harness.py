@@ -31,6 +31,8 @@ def report_of(tmp_path: Path) -> dict[str, Any]:
 def test_type1_report_has_every_key(tmp_path: Path, squeezenet: Path, engine: str) -> None:
     done = run_harness(tmp_path, "--engine", engine, "--model", str(squeezenet), "--runs", "7")
     assert done.returncode == 0, done.stderr
+    # The summary line survives the harness's exit without finalisation (a pipe buffers it).
+    assert done.stdout.startswith("7 inferences, mean ")
     report = report_of(tmp_path)
     assert set(DAIEDGE_KEYS) <= set(report)
     assert report["nb_infernece"] == report["nb_inference"] == 7
