@@ -7,8 +7,10 @@ as anyone timing percentiles would) until at least `RUNS` runs and `MIN_TIME_S` 
 host-cpu-0 (core 0) with the same warm-up, thread count, run count and minimum time.
 
 - fidelity: VLab's reported mean ÷ the bare loop's mean, in pairs run back to back (the order
-  alternates from round to round), median over the rounds. On a shared machine the latency
-  drifts by several percent over tens of seconds; adjacent pairs see the same drift.
+  alternates from round to round), median over the rounds with its distribution-free 95 %
+  interval. On a shared machine the latency drifts by several percent over tens of seconds;
+  adjacent pairs see much the same drift. The verdict is `met` only when the whole interval
+  lies within ±2 %, `within noise` when the machine cannot tell.
 - repeatability: the same benchmark five times, spread of the medians, beside the spread of
   five bare loops run between them: the noise floor of the machine.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -117,7 +120,7 @@ class FidelityRow:
     bare_mean: float  # median over the rounds
     vlab_mean: float
     ratio: float  # median of the per-round ratios
-    ratio_low: float
+    ratio_low: float  # distribution-free 95 % interval of that median (sign test)
     ratio_high: float
     bare_spread: float  # (max − min) ÷ mean of the bare means: the machine's noise
     minimum_ratio: float  # median over the rounds of VLab's fastest run ÷ the bare loop's
@@ -125,6 +128,32 @@ class FidelityRow:
 
 def spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.fmean(values)
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval of the median: the order statistics x(k) and x(n+1-k)
+    with the largest k whose coverage under the sign test is at least `confidence`."""
+    ordered = sorted(values)
+    n = len(ordered)
+    k = 0
+    while k + 1 <= n // 2:
+        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n  # P(B <= k)
+        if 1 - 2 * tail < confidence:
+            break
+        k += 1
+    if k == 0:
+        return ordered[0], ordered[-1]
+    return ordered[k - 1], ordered[n - k]
+
+
+def verdict(low: float, high: float, tolerance: float = 0.02) -> str:
+    """`met` when the whole interval lies within 1 ± tolerance, `not met` when none of it
+    does, `within noise` otherwise (the machine cannot tell)."""
+    if 1 - tolerance <= low and high <= 1 + tolerance:
+        return "met"
+    if high < 1 - tolerance or low > 1 + tolerance:
+        return "not met"
+    return "within noise"
 
 
 def fidelity_row(server: LiveServer, label: str, engine: str, model: Path,
@@ -142,7 +171,7 @@ def fidelity_row(server: LiveServer, label: str, engine: str, model: Path,
     minimum_ratios = [v.minimum / b.minimum for v, b in zip(lab, bare, strict=True)]
     return FidelityRow(label, engine, statistics.median(b.mean for b in bare),
                        statistics.median(v.mean for v in lab), statistics.median(ratios),
-                       min(ratios), max(ratios), spread([b.mean for b in bare]),
+                       *median_interval(ratios), spread([b.mean for b in bare]),
                        statistics.median(minimum_ratios))
 
 

@@ -160,6 +160,9 @@ class VlabClient:
         orjson, that 10^4 rows need to reach a DataFrame quickly."""
         params = {k: v for k, v in filters.items() if v is not None} | {"format": "columns"}
         table = orjson.loads(self.request("GET", "/api/results", params=params).content)
+        if isinstance(table, list):  # a server from before the columns layout
+            columns = list(dict.fromkeys(key for row in table for key in row))
+            return columns, [[row.get(key) for key in columns] for row in table]
         return table["columns"], table["data"]
 
 

@@ -65,6 +65,8 @@ def collect(job_dir: Path, destination: Path, benchmark_type: str, canceled: boo
         if source.is_file():
             _move(source, destination / filename)
             present.append(name)
+        elif (destination / filename).is_file():
+            present.append(name)  # moved by a collection that a crash interrupted
     if benchmark_type == "TYPE3":
         for trained in sorted(out.glob("model.*")):
             _move(trained, destination / trained.name)
@@ -78,10 +80,7 @@ def collect(job_dir: Path, destination: Path, benchmark_type: str, canceled: boo
         shutil.copyfile(result_path, destination / RESULT_FILE)
     metrics: dict[str, Any] = {}
     if "report" in present:
-        try:
-            metrics = flat_metrics(orjson.loads((destination / "report.json").read_bytes()))
-        except (orjson.JSONDecodeError, AttributeError):
-            metrics = {}
+        metrics = _report_metrics(destination / "report.json")
     if canceled:
         return Outcome("canceled", "canceled by the user", present, metrics)
     if result is None:
@@ -96,6 +95,21 @@ def collect(job_dir: Path, destination: Path, benchmark_type: str, canceled: boo
     if benchmark_type == "TYPE2" and "binary" not in present:
         return Outcome("failed", "the target produced no raw_output.bin", present, metrics)
     return Outcome("success", "", present, metrics)
+
+
+def _report_metrics(path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    try:
+        report = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:  # a target's own report may hold NaN or Infinity, which only `json` reads
+            report = json.loads(data)
+        except ValueError:
+            return {}
+    try:
+        return flat_metrics(report) if isinstance(report, dict) else {}
+    except AttributeError:  # a section of the wrong shape
+        return {}
 
 
 def _move(source: Path, target: Path) -> None:

@@ -48,18 +48,22 @@ def start_long_run(server: LiveServer, model: Path, uid: str, seconds: float) ->
 
 def test_cancel_stops_a_warm_run(warm_server: LiveServer, small_onnx: Path) -> None:
     bench_id = start_long_run(warm_server, small_onnx, "host-cpu-1", 60)
+    # Both the pipeline and the harness are forks of the instance's worker.
+    pipeline_pid = int((warm_server.data_dir / "jobs" / bench_id / "pid").read_text()
+                       .split(":")[0])
+    pipeline = psutil.Process(pipeline_pid)
+    worker = pipeline.parent()
+    assert worker is not None and "vlab_backend.runners.warm" in worker.cmdline()
     with warm_server.client() as client:
         deadline = time.monotonic() + 30
-        harness = []
+        harness: list[psutil.Process] = []
         while not harness and time.monotonic() < deadline:
-            workers = [p for p in psutil.process_iter(["cmdline"])
-                       if "vlab_backend.runners.warm" in (p.info["cmdline"] or [])]
-            harness = [child for worker in workers for child in worker.children()]
+            harness = [c for c in worker.children() if c.pid != pipeline_pid]
             time.sleep(0.2)
         assert harness, "no warm harness process found"
         client.post(f"/api/benchmarks/{bench_id}/cancel")
         assert wait_terminal(client, bench_id, timeout=30)["status"] == "canceled"
-        _gone, alive = psutil.wait_procs(harness, timeout=10)
+        _gone, alive = psutil.wait_procs([pipeline, *harness], timeout=10)
         assert not alive
 
 

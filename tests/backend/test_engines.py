@@ -53,3 +53,23 @@ def test_a_builtin_engine_is_found_without_scanning_entry_points(
         assert create_adapter("synthetic").__class__.__module__.endswith("synthetic_engine")
     finally:
         engines._modules.cache_clear()
+
+
+def test_an_entry_point_cannot_take_over_a_builtin_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+    import sys
+    import types
+
+    from vlab_backend import engines
+
+    impostor = types.ModuleType("impostor_engine")
+    impostor.SPEC = type("Spec", (), {"name": "onnxruntime"})()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "impostor_engine", impostor)
+    entry = importlib.metadata.EntryPoint("impostor", "impostor_engine", "vlab.engines")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_kwargs: [entry])
+    engines._modules.cache_clear()
+    try:
+        assert engine_specs()["onnxruntime"] is get_spec("onnxruntime")
+        assert get_spec("onnxruntime").display_name == "ONNX Runtime (CPU)"
+    finally:
+        engines._modules.cache_clear()

@@ -72,37 +72,73 @@ def test_client_falls_back_to_a_plain_interpreter(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stdout.strip() == "False"
 
 
-def request_run(worker: Path, tmp_path: Path, detached: bool) -> tuple[socket.socket, int]:
+def request_run(worker: Path, tmp_path: Path, detached: bool
+                ) -> tuple[socket.socket, psutil.Process]:
     write_module(tmp_path, "sleeper", "import time\ntime.sleep(30)\n")
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection.connect(str(worker))
     log = os.open(tmp_path / "run.log", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         send_request(connection, {"module": "sleeper", "args": [], "cwd": str(tmp_path),
-                                  "env": {}, "detached": detached},
-                     [log, log, log])
+                                  "env": {}, "detached": detached,
+                                  "pid_file": str(tmp_path / "pid")}, [log, log, log])
     finally:
         os.close(log)
     word, values = parse_reply(connection.makefile("rb").readline())
     assert word == "pid"
-    pid = int(values[0])
-    assert psutil.Process(pid).create_time() == pytest.approx(float(values[1]))
-    return connection, pid
+    run = psutil.Process(int(values[0]))
+    assert run.create_time() == pytest.approx(float(values[1]))
+    # Written by the run itself before the worker answered.
+    assert (tmp_path / "pid").read_text() == f"{values[0]}:{values[1]}\n"
+    return connection, run
 
 
 def test_a_tied_run_dies_with_its_client(worker: Path, tmp_path: Path) -> None:
-    connection, pid = request_run(worker, tmp_path, detached=False)
+    connection, run = request_run(worker, tmp_path, detached=False)
     connection.close()
-    _gone, alive = psutil.wait_procs([psutil.Process(pid)], timeout=10)
+    _gone, alive = psutil.wait_procs([run], timeout=10)
     assert not alive
 
 
 def test_a_detached_run_outlives_its_connection(worker: Path, tmp_path: Path) -> None:
-    connection, pid = request_run(worker, tmp_path, detached=True)
+    connection, run = request_run(worker, tmp_path, detached=True)
     connection.close()
     time.sleep(0.5)
-    run = psutil.Process(pid)
     assert run.is_running() and run.status() != psutil.STATUS_ZOMBIE
-    os.killpg(pid, 9)  # the run leads its own process group, as cancel expects
+    os.killpg(run.pid, 9)  # the run leads its own process group, as cancel expects
+    _gone, alive = psutil.wait_procs([run], timeout=10)
+    assert not alive
+
+
+def worker_process(path: Path) -> psutil.Process:
+    return next(p for p in psutil.process_iter(["cmdline"])
+                if str(path) in (p.info["cmdline"] or []))
+
+
+def test_runs_do_not_keep_a_dead_workers_socket_answering(worker: Path,
+                                                          tmp_path: Path) -> None:
+    connection, run = request_run(worker, tmp_path, detached=True)
+    worker_process(worker).kill()
+    time.sleep(0.2)
+    # The run lives on, but holds neither the listening socket nor its connection: a client
+    # is refused at once (and falls back to a cold start) instead of waiting forever.
+    assert run.is_running()
+    with pytest.raises(ConnectionRefusedError), socket.socket(socket.AF_UNIX) as probe:
+        probe.connect(str(worker))
+    assert connection.recv(1) == b""
+    os.killpg(run.pid, 9)
+
+
+def test_the_client_stops_its_run_when_the_worker_dies(worker: Path, tmp_path: Path) -> None:
+    write_module(tmp_path, "sleeper", "import time\ntime.sleep(30)\n")
+    client = subprocess.Popen([sys.executable, "-I", "-S", CLIENT, str(worker), "sleeper"],
+                              cwd=tmp_path)
+    parent = worker_process(worker)
+    deadline = time.monotonic() + 30
+    while not parent.children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (run,) = parent.children()
+    parent.kill()
+    assert client.wait(timeout=30) == 1
     _gone, alive = psutil.wait_procs([run], timeout=10)
     assert not alive

@@ -1,7 +1,7 @@
 """Engine registry. An engine is one module exposing `SPEC` (an EngineSpec) and `Adapter`.
 
 Built-in engines are listed below; other packages add theirs through the `vlab.engines`
-entry-point group (the entry point names the module).
+entry-point group (the entry point names the module; a built-in name cannot be taken over).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from types import ModuleType
 
 from vlab_backend.engines.base import EngineAdapter, EngineSpec
 
-# Engine name -> module. A harness that needs one built-in engine imports only its module and
-# never scans the installed distributions for entry points (tens of milliseconds per run).
+# Engine name -> module; entry points cannot take these names over. A harness that needs one
+# built-in engine imports only its module and never scans the installed distributions for
+# entry points (tens of milliseconds per run).
 BUILTIN_ENGINE_MODULES = {
     "onnxruntime": "vlab_backend.engines.onnxruntime_engine",
     "openvino": "vlab_backend.engines.openvino_engine",
@@ -26,11 +27,17 @@ BUILTIN_ENGINE_MODULES = {
 def _modules() -> dict[str, ModuleType]:
     from importlib.metadata import entry_points
 
-    names = list(BUILTIN_ENGINE_MODULES.values())
-    names += [ep.value for ep in entry_points(group="vlab.engines")]
-    modules: dict[str, ModuleType] = {}
-    for name in names:
-        module = importlib.import_module(name)
+    modules = {name: importlib.import_module(module)
+               for name, module in BUILTIN_ENGINE_MODULES.items()}
+    for entry in entry_points(group="vlab.engines"):
+        module = importlib.import_module(entry.value)
+        if module.SPEC.name in modules:
+            import logging
+
+            logging.getLogger("vlab.engines").warning(
+                "engine module %s ignored: %r is already an engine", entry.value,
+                module.SPEC.name)
+            continue
         modules[module.SPEC.name] = module
     return modules
 

@@ -142,7 +142,7 @@ def _kill_tree(pid: int) -> None:
     except psutil.NoSuchProcess:
         return
     for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.kill()
     psutil.wait_procs(procs, timeout=5)
 
@@ -157,8 +157,14 @@ def _run_step(script: Path, work: Path, env: dict[str, str], timeout_s: int,
     expired = threading.Event()
 
     def expire() -> None:
+        if proc.poll() is not None:
+            return  # ended just now: its pid may already belong to another process
         expired.set()
-        _kill_tree(proc.pid)
+        try:
+            _kill_tree(proc.pid)
+        finally:
+            with contextlib.suppress(OSError):
+                proc.kill()  # whatever the tree walk met, the step itself must end
 
     # A timer rather than `wait(timeout=...)`, which polls and notices the end of a step up
     # to 50 ms late; this wait returns the moment the step exits.

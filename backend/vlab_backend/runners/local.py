@@ -101,9 +101,11 @@ class LocalRunner:
         try:
             connection.setblocking(False)
             await asyncio.get_running_loop().sock_connect(connection, str(socket_path))
+            connection.setblocking(True)  # a few kilobytes: sent at once
             send_request(connection, {
                 "module": "vlab_backend.pipeline", "args": [str(job_dir)], "cwd": str(job_dir),
-                "env": dict(os.environ), "detached": True}, [null, log, log])
+                "env": dict(os.environ), "detached": True,
+                "pid_file": str(job_dir / PID_FILE)}, [null, log, log])
         except OSError:
             connection.close()
             return None
@@ -135,8 +137,12 @@ class LocalRunner:
         if warm_run is not None:
             reader, writer = warm_run
             with contextlib.suppress(OSError):
-                while line := await reader.readline():  # EOF: the worker is gone; poll
-                    if parse_reply(line)[0] == "exit":
+                while process.alive():  # a worker gone or stuck: polling takes over
+                    try:
+                        line = await asyncio.wait_for(reader.readline(), timeout=1.0)
+                    except TimeoutError:
+                        continue
+                    if not line or parse_reply(line)[0] == "exit":
                         break
             writer.close()
         while process.alive():

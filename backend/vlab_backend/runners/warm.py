@@ -10,9 +10,10 @@ is killed when its client goes away (cancel, time limit); a pipeline run is deta
 it survives a crash of the server and is re-adopted like any other pipeline.
 
 Protocol, one connection per run: the client sends a marshal-encoded request
-`{"module", "args", "cwd", "env", "detached"}` with its stdin, stdout and stderr attached
-(SCM_RIGHTS); the worker answers `pid <pid> <start time>` once the child is forked and
-`exit <code>` when it has ended.
+`{"module", "args", "cwd", "env", "detached"}` (and optionally `"pid_file"`, written by the run
+as `<pid>:<start time>` before the worker answers) with its stdin, stdout and stderr attached
+(SCM_RIGHTS); the worker answers `pid <pid> <start time>` once the child leads its own process
+group and `exit <code>` when it has ended.
 
     python -m vlab_backend.runners.warm SOCKET CORES
 """
@@ -55,89 +56,149 @@ def preload() -> None:
     gc.freeze()
 
 
-def _run_child(request: dict[str, Any], fds: list[int], ready: int) -> None:
+# Descriptors the worker holds for others: its listening socket, the connections of runs in
+# flight, streams in transit and handshake pipes. A fork inherits them all; each run closes
+# those that are not its own, so that no run keeps another's connection (which would delay the
+# end of that run) or the listening socket (which would keep a dead worker's socket answering).
+_HELD: set[int] = set()
+
+
+def _hold(*fds: int) -> None:
+    _HELD.update(fds)
+
+
+def _release(*fds: int) -> None:
+    for fd in fds:
+        _HELD.discard(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _run_child(request: dict[str, Any], connection: socket.socket, fds: list[int],
+               ready: int) -> None:
     """In the forked child: become the requested module's process, then exit."""
-    os.setsid()
-    os.write(ready, b"1")  # the process group exists: the run can be killed as a whole
-    os.close(ready)
-    for target, fd in zip((0, 1, 2), fds, strict=True):
-        os.dup2(fd, target)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    os.environ["VLAB_WARM_WORKER"] = "1"
-    sys.argv = [request["module"], *request["args"]]
-    # Preloading imported the module's dependencies; the module itself runs afresh as
-    # __main__ (runpy warns when it finds it already imported).
-    for name in (request["module"], f"{request['module']}.__main__"):
-        if not hasattr(sys.modules.get(name), "__path__"):
-            sys.modules.pop(name, None)
-    code = 0
+    code = 1
     try:
+        for fd in _HELD - {connection.fileno(), *fds, ready}:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        connection.close()
+        os.setsid()
+        if request.get("pid_file"):  # before the handshake: a crash of the server then
+            Path(request["pid_file"]).write_text(f"{os.getpid()}:{_start_time(os.getpid())}\n")
+        os.write(ready, b"1")  # the process group exists: the run can be killed as a whole
+        os.close(ready)
+        for target, fd in zip((0, 1, 2), fds, strict=True):
+            os.dup2(fd, target)
+        for fd in set(fds) - {0, 1, 2}:
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ["VLAB_WARM_WORKER"] = "1"
+        sys.argv = [request["module"], *request["args"]]
+        # Preloading imported the module's dependencies; the module itself runs afresh as
+        # __main__ (runpy warns when it finds it already imported).
+        for name in (request["module"], f"{request['module']}.__main__"):
+            if not hasattr(sys.modules.get(name), "__path__"):
+                sys.modules.pop(name, None)
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
         import traceback
 
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def _serve_connection(connection: socket.socket) -> None:
     with connection:
-        request, fds = _receive_request(connection)
-        ready_read, ready_write = os.pipe()
+        _hold(connection.fileno())
+        try:
+            _serve_request(connection)
+        finally:
+            _HELD.discard(connection.fileno())
+
+
+def _serve_request(connection: socket.socket) -> None:
+    request, fds = _receive_request(connection)
+    _hold(*fds)
+    ready_read, ready_write = os.pipe()
+    _hold(ready_read, ready_write)
+    try:
         pid = os.fork()
         if pid == 0:
-            connection.close()
-            os.close(ready_read)
-            _run_child(request, fds, ready_write)
-        os.close(ready_write)
-        for fd in fds:
-            os.close(fd)
+            _run_child(request, connection, fds, ready_write)
+    except OSError:
+        _release(ready_read)
+        raise
+    finally:
+        _release(ready_write, *fds)
+    try:
         # Answer only once the child leads its own process group, so that a cancel or a
-        # client that goes away at once still reaches the whole run.
+        # client that goes away at once still reaches the whole run (an empty read: the
+        # child failed before, and has exited).
         os.read(ready_read, 1)
-        os.close(ready_read)
+    finally:
+        _release(ready_read)
+    tied = not request.get("detached")
+    try:
         connection.sendall(f"pid {pid} {_start_time(pid)}\n".encode())
-        if request.get("detached"):
-            _report_exit(connection, pid)
-            return
-
+    except Exception:  # the client is gone already (or the child could not be looked up)
+        _kill_run(pid)
+        _report_exit(connection, pid)
+        return
+    if tied:
         def watch_client() -> None:
             # The client closes its end only when it dies: then the run must stop too.
             with contextlib.suppress(OSError):
                 connection.recv(1)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)  # the child leads its own process group
+            _kill_run(pid)
 
         threading.Thread(target=watch_client, daemon=True).start()
-        _report_exit(connection, pid)
+    _report_exit(connection, pid)
+
+
+def _kill_run(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)  # the child leads its own process group
 
 
 def _receive_request(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
     data, fds, _flags, _addr = socket.recv_fds(connection, 1 << 20, 3)
-    while True:
-        try:
-            request = marshal.loads(data)
-        except (EOFError, ValueError):  # a large environment can arrive in pieces
-            more = connection.recv(1 << 20)
-            if not more:
-                raise
-            data += more
-            continue
-        if not isinstance(request, dict):
-            raise ValueError("a warm-worker request is a dict")
-        return request, fds
+    try:
+        while True:
+            try:
+                request = marshal.loads(data)
+            except (EOFError, ValueError):  # a large environment can arrive in pieces
+                more = connection.recv(1 << 20)
+                if not more:
+                    raise
+                data += more
+                continue
+            if not isinstance(request, dict) or len(fds) != 3:
+                raise ValueError("a warm-worker request is a dict with three streams")
+            return request, fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def send_request(connection: socket.socket, request: dict[str, Any], streams: list[int]) -> None:
-    """Send `request`; the run gets `streams` as its stdin, stdout and stderr."""
-    socket.send_fds(connection, [marshal.dumps(request)], streams)
+    """Send `request` on a blocking socket; the run gets `streams` as its stdin, stdout and
+    stderr."""
+    payload = marshal.dumps(request)
+    sent = socket.send_fds(connection, [payload], streams)
+    if sent < len(payload):
+        connection.sendall(payload[sent:])
 
 
 def parse_reply(line: bytes) -> tuple[str, list[str]]:
@@ -146,14 +207,11 @@ def parse_reply(line: bytes) -> tuple[str, list[str]]:
 
 
 def _start_time(pid: int) -> float:
-    """The child's start time as psutil reports it: with the pid, a reference that a reused
+    """The process's start time as psutil reports it: with the pid, a reference that a reused
     pid cannot match (the child cannot be reaped before this worker waits for it)."""
-    try:
-        import psutil
+    import psutil
 
-        return float(psutil.Process(pid).create_time())
-    except Exception:
-        return 0.0
+    return float(psutil.Process(pid).create_time())
 
 
 def _report_exit(connection: socket.socket, pid: int) -> None:
@@ -172,27 +230,30 @@ def serve(socket_path: Path, cores: set[int]) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     socket_path.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(socket_path))
-    socket_path.chmod(0o600)
-    server.listen(8)
-    server.settimeout(0.5)
+    _hold(server.fileno())
     runs: list[threading.Thread] = []
-    # Stop taking work when told to or when the server is gone; runs in flight finish first,
-    # so that a server restart re-adopts them as it does without warm workers.
-    while not stop.is_set() and os.getppid() == parent:
-        try:
-            connection, _ = server.accept()
-        except TimeoutError:
-            continue
-        connection.settimeout(None)
-        run = threading.Thread(target=_serve_connection, args=(connection,))
-        run.start()
-        runs = [r for r in runs if r.is_alive()] + [run]
-    server.close()
-    socket_path.unlink(missing_ok=True)
+    try:
+        server.bind(str(socket_path))
+        socket_path.chmod(0o600)
+        server.listen(8)
+        server.settimeout(0.5)
+        # Stop taking work when told to or when the server is gone; runs in flight finish
+        # first, so that a server restart re-adopts them as it does without warm workers.
+        while not stop.is_set() and os.getppid() == parent:
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            connection.settimeout(None)
+            run = threading.Thread(target=_serve_connection, args=(connection,))
+            run.start()
+            runs = [r for r in runs if r.is_alive()] + [run]
+    finally:
+        _HELD.discard(server.fileno())
+        server.close()
+        socket_path.unlink(missing_ok=True)
     for run in runs:
         run.join()
-
 
 
 class WarmPool:

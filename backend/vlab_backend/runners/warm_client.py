@@ -31,13 +31,21 @@ def main(argv: list[str]) -> int:
     client.sendmsg([marshal.dumps(request)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                                                streams)])
     received = b""
+    run = 0
     while chunk := client.recv(4096):
         received += chunk
         for line in received.split(b"\n")[:-1]:
             word, *values = line.split()
-            if word == b"exit":
+            if word == b"pid":
+                run = int(values[0])
+            elif word == b"exit":
                 return int(values[0])
-    return 1  # the worker went away
+    if run:  # the worker went away mid-run: its watch over this client went with it
+        try:  # noqa: SIM105 (contextlib would cost this client an import)
+            os.killpg(run, 9)
+        except OSError:
+            pass
+    return 1
 
 
 if __name__ == "__main__":
