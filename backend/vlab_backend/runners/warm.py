@@ -84,7 +84,8 @@ def _run_child(request: dict[str, Any], connection: socket.socket, fds: list[int
                 os.close(fd)
         connection.close()
         os.setsid()
-        if request.get("pid_file"):  # before the handshake: a crash of the server then
+        if request.get("pid_file"):
+            # Before the answer: a server that dies meanwhile finds the run by this file.
             Path(request["pid_file"]).write_text(f"{os.getpid()}:{_start_time(os.getpid())}\n")
         os.write(ready, b"1")  # the process group exists: the run can be killed as a whole
         os.close(ready)
@@ -150,9 +151,16 @@ def _serve_request(connection: socket.socket) -> None:
         _release(ready_read)
     tied = not request.get("detached")
     try:
-        connection.sendall(f"pid {pid} {_start_time(pid)}\n".encode())
-    except Exception:  # the client is gone already (or the child could not be looked up)
+        started = _start_time(pid)
+    except Exception:  # no reference to hand out for a run nobody could then stop
         _kill_run(pid)
+        _report_exit(connection, pid)
+        return
+    try:
+        connection.sendall(f"pid {pid} {started}\n".encode())
+    except OSError:  # the client is gone already; a detached run is found by its pid file
+        if tied:
+            _kill_run(pid)
         _report_exit(connection, pid)
         return
     if tied:
