@@ -11,23 +11,18 @@ from typing import Any
 
 import orjson
 
-from vlab_backend.pipeline.job import OUT_DIR, RESULT_FILE, STEPS
+from vlab_backend.jobdir import OUTPUT_FILES, STEPS, JobDir
+from vlab_backend.store.schema import Status
 
-# Artifact name -> file name under AI_Manager/out.
-ARTIFACT_FILES = {
-    "report": "report.json",
-    "report_odt": "report_odt.json",
-    "user_log": "user.log",
-    "error_log": "error.log",
-    "binary": "raw_output.bin",
-    "profile": "profile.json",
-}
+# Artifact name -> its file in the artifact directory (as the target wrote it).
+ARTIFACT_FILES = OUTPUT_FILES
 PIPELINE_LOG = "pipeline.log"
+PIPELINE_RESULT = "pipeline.json"
 
 
 @dataclass
 class Outcome:
-    status: str
+    status: Status
     message: str
     artifacts: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -54,47 +49,45 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def collect(job_dir: Path, destination: Path, benchmark_type: str, canceled: bool = False,
+def collect(job: JobDir, destination: Path, benchmark_type: str, canceled: bool = False,
             interrupted: str = "") -> Outcome:
     """Move the job's outputs to `destination` and decide its terminal status."""
     destination.mkdir(parents=True, exist_ok=True)
-    out = job_dir / "work" / OUT_DIR
     present = []
     for name, filename in ARTIFACT_FILES.items():
-        source = out / filename
+        source = job.output(name)
         if source.is_file():
             _move(source, destination / filename)
             present.append(name)
         elif (destination / filename).is_file():
             present.append(name)  # moved by a collection that a crash interrupted
     if benchmark_type == "TYPE3":
-        for trained in sorted(out.glob("model.*")):
+        for trained in sorted(job.out.glob("model.*")):
             _move(trained, destination / trained.name)
             present.append("trained_model")
             break
-    _write_pipeline_log(job_dir, destination)
+    _write_pipeline_log(job, destination)
 
-    result_path = job_dir / RESULT_FILE
-    result = json.loads(result_path.read_text()) if result_path.is_file() else None
+    result = job.read_result()
     if result is not None:  # kept for administrators, with the step timings
-        shutil.copyfile(result_path, destination / RESULT_FILE)
+        (destination / PIPELINE_RESULT).write_text(result.to_json())
     metrics: dict[str, Any] = {}
     if "report" in present:
-        metrics = _report_metrics(destination / "report.json")
+        metrics = _report_metrics(destination / ARTIFACT_FILES["report"])
     if canceled:
-        return Outcome("canceled", "canceled by the user", present, metrics)
+        return Outcome(Status.CANCELED, "canceled by the user", present, metrics)
     if result is None:
-        return Outcome("failed", interrupted or "the job ended without a result", present,
+        return Outcome(Status.FAILED, interrupted or "the job ended without a result", present,
                        metrics)
-    if result["exit_code"] != 0:
-        return Outcome("failed", result["message"], present, metrics)
+    if not result.succeeded:
+        return Outcome(Status.FAILED, result.message, present, metrics)
     expected = "report_odt" if benchmark_type == "TYPE3" else "report"
     if expected not in present:
-        return Outcome("failed", f"the target produced no {ARTIFACT_FILES[expected]}", present,
-                       metrics)
+        return Outcome(Status.FAILED, f"the target produced no {ARTIFACT_FILES[expected]}",
+                       present, metrics)
     if benchmark_type == "TYPE2" and "binary" not in present:
-        return Outcome("failed", "the target produced no raw_output.bin", present, metrics)
-    return Outcome("success", "", present, metrics)
+        return Outcome(Status.FAILED, "the target produced no raw_output.bin", present, metrics)
+    return Outcome(Status.SUCCESS, "", present, metrics)
 
 
 def _report_metrics(path: Path) -> dict[str, Any]:
@@ -121,11 +114,11 @@ def _move(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def _write_pipeline_log(job_dir: Path, destination: Path) -> None:
+def _write_pipeline_log(job: JobDir, destination: Path) -> None:
     """The step logs, concatenated, for administrators (never served to users)."""
     with (destination / PIPELINE_LOG).open("w") as log:
         for step, script in STEPS:
-            path = job_dir / "steps" / f"{step}.log"
+            path = job.step_log(step)
             if path.is_file():
                 log.write(f"===== {script}\n")
                 log.write(path.read_text(errors="replace"))

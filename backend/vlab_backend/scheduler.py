@@ -10,7 +10,6 @@ benchmark reaches one terminal state and none runs twice.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 from datetime import UTC, datetime
@@ -24,14 +23,14 @@ from vlab_backend.artifacts import Outcome, collect
 from vlab_backend.blobstore import BlobStore
 from vlab_backend.config import Settings
 from vlab_backend.events import EventHub
-from vlab_backend.pipeline.job import PROGRESS_FILE, RESULT_FILE, JobSpec
+from vlab_backend.jobdir import JobDir, JobSpec
 from vlab_backend.runners.base import Runner
-from vlab_backend.runners.local import LocalRunner
 from vlab_backend.store.database import Database
 from vlab_backend.store.schema import (
     ACTIVE_STATUSES,
     Benchmark,
     Dataset,
+    Status,
     StoredModel,
     TargetInstance,
 )
@@ -47,12 +46,11 @@ def benchmark_event(bench: Benchmark) -> dict[str, Any]:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, db: Database, hub: EventHub,
-                 runner: Runner | None = None) -> None:
+    def __init__(self, settings: Settings, db: Database, hub: EventHub, runner: Runner) -> None:
         self.settings = settings
         self.db = db
         self.hub = hub
-        self.runner: Runner = runner or LocalRunner()
+        self.runner = runner
         self.models = BlobStore(settings.models_dir)
         self.datasets = BlobStore(settings.datasets_dir)
         self._wake = asyncio.Event()
@@ -82,8 +80,8 @@ class Scheduler:
             return
         self._loop.call_soon_threadsafe(self._wake.set)
 
-    def job_dir(self, benchmark_id: str) -> Path:
-        return self.settings.jobs_dir / benchmark_id
+    def job_dir(self, benchmark_id: str) -> JobDir:
+        return JobDir(self.settings.jobs_dir / benchmark_id)
 
     def artifact_dir(self, benchmark_id: str) -> Path:
         return self.settings.artifacts_dir / benchmark_id
@@ -115,7 +113,7 @@ class Scheduler:
                 Benchmark.status.in_(ACTIVE_STATUSES))))
             instances = session.scalars(select(TargetInstance).where(
                 TargetInstance.enabled.is_(True)).order_by(TargetInstance.uid)).all()
-            waiting = session.scalars(select(Benchmark).where(Benchmark.status == "pending")
+            waiting = session.scalars(select(Benchmark).where(Benchmark.status == Status.PENDING)
                                       .order_by(Benchmark.seq)).all()
             for bench in waiting:
                 instance = next((i for i in instances if i.uid not in busy
@@ -126,7 +124,7 @@ class Scheduler:
                 if instance is None:
                     continue
                 busy.add(instance.uid)
-                bench.status = "queued"
+                bench.status = Status.QUEUED
                 bench.target_uid = instance.uid
                 started.append((bench.id, self._job_spec(session, bench, instance)))
                 self._publish(bench)
@@ -167,16 +165,13 @@ class Scheduler:
             volumes=list(offer.get("volumes", [])), memory=dict(instance.memory))
 
     async def _execute(self, bench_id: str, spec: JobSpec) -> None:
-        job_dir = self.job_dir(bench_id)
+        job = self.job_dir(bench_id)
         try:
-            if job_dir.exists():
-                shutil.rmtree(job_dir)
-            job_dir.mkdir(parents=True)
-            spec.write(job_dir)
-            ref = await self.runner.start(job_dir, spec)
+            job.create(spec)
+            ref = await self.runner.start(job, spec)
         except Exception as exc:
             log.exception("could not start %s", bench_id)
-            self._finalize(bench_id, Outcome("failed", f"could not start the job: {exc}"))
+            self._finalize(bench_id, Outcome(Status.FAILED, f"could not start the job: {exc}"))
             return
         self._refs[bench_id] = ref
         if bench_id in self._canceling:
@@ -187,51 +182,45 @@ class Scheduler:
             bench.runner_ref = ref
             bench.started_at = datetime.now(UTC)
             if bench_id not in self._canceling:
-                bench.status = "running"
+                bench.status = Status.RUNNING
             self._publish(bench)
         await self._follow(bench_id, ref)
 
     async def _follow(self, bench_id: str, ref: str) -> None:
         """Relay progress until the job ends, then collect it."""
-        watcher = asyncio.create_task(self._watch_progress(bench_id))
+        job = self.job_dir(bench_id)
+        watcher = asyncio.create_task(self._watch_progress(bench_id, job))
         try:
-            await self.runner.wait(self.job_dir(bench_id), ref)
+            await self.runner.wait(job, ref)
         finally:
             watcher.cancel()
         self._refs.pop(bench_id, None)
         self._finalize_from_job_dir(bench_id, cleanup=False)
         await asyncio.sleep(0)  # let the terminal event reach the clients first
-        await asyncio.to_thread(shutil.rmtree, self.job_dir(bench_id), ignore_errors=True)
+        await asyncio.to_thread(job.remove)
 
-    async def _watch_progress(self, bench_id: str) -> None:
-        path = self.job_dir(bench_id) / PROGRESS_FILE
-        last = ""
+    async def _watch_progress(self, bench_id: str, job: JobDir) -> None:
+        last = None
         saved_at = 0.0
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.1)
-            try:
-                text = path.read_text().strip()
-            except OSError:
+            progress = job.read_progress()
+            if progress is None or progress == last:
                 continue
-            if text == last:
-                continue
-            last = text
-            try:
-                phase, done, total = text.split()
-                progress = {"phase": phase, "done": int(done), "total": int(total)}
-            except ValueError:
-                continue
-            self.hub.publish(bench_id, {"event": "progress", "status": "running",
-                                        "progress": progress})
+            last = progress
+            self.hub.publish(bench_id, {"event": "progress", "status": Status.RUNNING,
+                                        "progress": {"phase": progress.phase,
+                                                     "done": progress.done,
+                                                     "total": progress.total}})
             if loop.time() - saved_at < 1.0:
                 continue  # the database copy only serves polling clients; keep writes rare
             saved_at = loop.time()
             with self.db.session() as session:
                 bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
                 if bench is not None and not bench.is_terminal:
-                    bench.progress_phase = phase
-                    bench.progress_done, bench.progress_total = int(done), int(total)
+                    bench.progress_phase = progress.phase
+                    bench.progress_done, bench.progress_total = progress.done, progress.total
 
     # -- completion ------------------------------------------------------------------------
     def _finalize_from_job_dir(self, bench_id: str, interrupted: str = "",
@@ -245,7 +234,7 @@ class Scheduler:
         self._canceling.discard(bench_id)
         self._finalize(bench_id, outcome)
         if cleanup:
-            shutil.rmtree(self.job_dir(bench_id), ignore_errors=True)
+            self.job_dir(bench_id).remove()
 
     def _finalize(self, bench_id: str, outcome: Outcome) -> None:
         with self.db.session() as session:
@@ -256,7 +245,7 @@ class Scheduler:
             bench.artifacts = outcome.artifacts
             bench.metrics = outcome.metrics
             bench.finished_at = datetime.now(UTC)
-            if outcome.status == "success":
+            if outcome.status == Status.SUCCESS:
                 bench.progress_phase = "done"
                 bench.progress_done = bench.progress_total = outcome.metrics.get(
                     "nb_inference") or bench.progress_total
@@ -271,8 +260,8 @@ class Scheduler:
             assert bench is not None
             if bench.is_terminal:
                 return bench.status
-            if bench.status == "pending":
-                bench.status, bench.message = "canceled", "canceled by the user"
+            if bench.status == Status.PENDING:
+                bench.status, bench.message = Status.CANCELED, "canceled by the user"
                 bench.finished_at = datetime.now(UTC)
                 self._publish(bench)
                 return bench.status
@@ -280,7 +269,7 @@ class Scheduler:
         ref = self._refs.get(bench_id)
         if ref is not None:
             await self.runner.cancel(ref)
-        return "canceled"
+        return Status.CANCELED
 
     # -- recovery --------------------------------------------------------------------------
     async def recover(self) -> None:
@@ -291,14 +280,14 @@ class Scheduler:
             plans = [(b.id, b.runner_ref) for b in active]
         self._remove_stale_job_dirs({bench_id for bench_id, _ in plans})
         for bench_id, stored_ref in plans:
-            job_dir = self.job_dir(bench_id)
-            ref = stored_ref or self.runner.reference_in(job_dir)
+            job = self.job_dir(bench_id)
+            ref = stored_ref or self.runner.reference(job)
             if ref is not None and await self.runner.alive(ref):
                 log.info("re-adopting running benchmark %s (%s)", bench_id, ref)
                 self._refs[bench_id] = ref
                 self._mark_running(bench_id, ref)
                 self._spawn(self._follow(bench_id, ref))
-            elif ref is None and not (job_dir / RESULT_FILE).exists():
+            elif ref is None and not job.has_result():
                 # Reserved but never started: safe to hand to the FIFO again.
                 self._requeue(bench_id)
             else:
@@ -318,16 +307,12 @@ class Scheduler:
         with self.db.session() as session:
             bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
             assert bench is not None
-            bench.status, bench.runner_ref = "running", ref
+            bench.status, bench.runner_ref = Status.RUNNING, ref
 
     def _requeue(self, bench_id: str) -> None:
         with self.db.session() as session:
             bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
             assert bench is not None
-            bench.status, bench.target_uid = "pending", None
-        shutil.rmtree(self.job_dir(bench_id), ignore_errors=True)
+            bench.status, bench.target_uid = Status.PENDING, None
+        self.job_dir(bench_id).remove()
 
-
-def load_report(artifact_dir: Path) -> dict[str, Any] | None:
-    path = artifact_dir / "report.json"
-    return json.loads(path.read_text()) if path.is_file() else None

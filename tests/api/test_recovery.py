@@ -10,6 +10,8 @@ import pytest
 
 from tests.api.test_benchmarks_api import submit
 from tests.server import LiveServer, wait_status, wait_terminal
+from vlab_backend.jobdir import JobDir
+from vlab_backend.runners.local import ProcessRef
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +44,9 @@ def test_jobs_that_died_with_the_server_end_failed(fresh_server: LiveServer,
         bench_id = submit(client, small_onnx, nb_inference="5",
                           parameters={"min_time_s": 30}).json()["id"]
         wait_status(client, bench_id, "running")
-    pid_file = server.data_dir / "jobs" / bench_id / "pid"
-    pipeline_pid = int(pid_file.read_text().split(":")[0])
+    ref = JobDir(server.data_dir / "jobs" / bench_id).recorded_reference()
+    assert ref is not None
+    pipeline_pid = ProcessRef.parse(ref).pid
     server.kill9()
     os.killpg(pipeline_pid, signal.SIGKILL)
     server.start()
@@ -62,10 +65,11 @@ def test_restart_removes_job_directories_of_ended_benchmarks(fresh_server: LiveS
     with server.client() as client:
         bench_id = submit(client, small_onnx, nb_inference="5").json()["id"]
         assert wait_terminal(client, bench_id)["status"] == "success"
-    # What a stop between a job's end and its clean-up leaves behind.
-    stale = server.data_dir / "jobs" / bench_id
-    (stale / "work").mkdir(parents=True)
     server.kill9()
+    # What a stop between a job's end and its clean-up leaves behind (the server is down, so
+    # its own clean-up of this directory, which follows the terminal event, cannot race this).
+    stale = JobDir(server.data_dir / "jobs" / bench_id)
+    stale.out.mkdir(parents=True, exist_ok=True)
     server.start()
     assert not stale.exists()
     with server.client() as client:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.backend.test_pipeline import make_job, make_repository
-from vlab_backend.pipeline.job import JobSpec
 from vlab_backend.runners.local import LocalRunner
 
 
@@ -22,7 +21,7 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalRun
     assert warm_runner.warm is not None
     monkeypatch.setattr(warm_runner.warm, "socket_for", lambda _cores: tmp_path / "w.sock")
     yield warm_runner
-    warm_runner.close()
+    asyncio.run(warm_runner.aclose())
 
 
 def mute_worker(path: Path) -> None:
@@ -42,21 +41,22 @@ def mute_worker(path: Path) -> None:
 
 def test_a_worker_that_takes_the_request_but_fails_fails_the_start(
         runner: LocalRunner, tmp_path: Path) -> None:
-    job_dir = make_job(tmp_path, make_repository(tmp_path / "repo", {}))
+    job = make_job(tmp_path, make_repository(tmp_path / "repo", {}))
     mute_worker(tmp_path / "w.sock")
     with pytest.raises(RuntimeError, match="did not start the pipeline"):
-        asyncio.run(runner.start(job_dir, JobSpec.read(job_dir)))
-    assert not (job_dir / "pid").exists()  # no second, cold pipeline either
+        asyncio.run(runner.start(job, job.read_spec()))
+    assert job.recorded_reference() is None  # no second, cold pipeline either
 
 
 def test_without_a_worker_the_pipeline_starts_cold(runner: LocalRunner, tmp_path: Path) -> None:
-    job_dir = make_job(tmp_path, make_repository(tmp_path / "repo", {}))
+    job = make_job(tmp_path, make_repository(tmp_path / "repo", {}))
 
     async def run() -> str:
-        ref = await runner.start(job_dir, JobSpec.read(job_dir))
-        await runner.wait(job_dir, ref)
+        ref = await runner.start(job, job.read_spec())
+        await runner.wait(job, ref)
         return ref
 
     ref = asyncio.run(run())
-    assert (job_dir / "pid").read_text().strip() == ref
-    assert (job_dir / "pipeline.json").is_file()
+    assert job.recorded_reference() == ref
+    result = job.read_result()
+    assert result is not None and result.succeeded

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
-from vlab_backend.pipeline import JobSpec, run_pipeline
+from vlab_backend.jobdir import JobDir, JobSpec
+from vlab_backend.pipeline import run_pipeline
 
 STEP_FILES = {
     "support": "AI_Support/support.sh", "build": "AI_Build/build.sh",
@@ -30,22 +30,17 @@ def make_repository(root: Path, bodies: dict[str, str], executable: bool = True)
     return root
 
 
-def make_job(tmp_path: Path, repository: Path, **overrides: object) -> Path:
+def make_job(tmp_path: Path, repository: Path, **overrides: object) -> JobDir:
     model = tmp_path / "blob"
     model.write_bytes(b"model bytes")
-    job_dir = tmp_path / "job"
-    job_dir.mkdir()
+    job = JobDir(tmp_path / "job")
     spec = JobSpec(benchmark_id="b1", repository=str(repository), target="board",
                    target_uid="board-1", engine="tflite", benchmark_type="TYPE1",
                    nb_inference=7, model_path=str(model), model_filename="net.tflite")
     for key, value in overrides.items():
         setattr(spec, key, value)
-    spec.write(job_dir)
-    return job_dir
-
-
-def out_dir(job_dir: Path) -> Path:
-    return job_dir / "work" / "AI_Manager" / "out"
+    job.create(spec)
+    return job
 
 
 def test_steps_run_in_order_from_the_root_with_the_dAIEdge_environment(tmp_path: Path) -> None:
@@ -56,11 +51,11 @@ def test_steps_run_in_order_from_the_root_with_the_dAIEdge_environment(tmp_path:
         'cat "$MODEL_FILENAME" > "$VLAB_OUT_DIR/model.txt"\n'
         'info_print "all good"\n'
         'echo "{}" > "$VLAB_OUT_DIR/report.json"')})
-    job_dir = make_job(tmp_path, repo, parameters={"threads": 1})
-    result = run_pipeline(job_dir)
-    assert result["exit_code"] == 0
-    assert [s["step"] for s in result["steps"]] == ["support", "build", "deploy", "manager"]
-    out = out_dir(job_dir)
+    job = make_job(tmp_path, repo, parameters={"threads": 1})
+    result = run_pipeline(job.root)
+    assert result.exit_code == 0
+    assert [s.step for s in result.steps] == ["support", "build", "deploy", "manager"]
+    out = job.out
     assert (out / "steps.txt").read_text().split() == ["support", "build", "deploy", "manager"]
     env = dict(line.split("=", 1) for line in (out / "env.txt").read_text().splitlines())
     assert env["TARGET"] == "board" and env["TARGET_UID"] == "board-1"
@@ -69,20 +64,20 @@ def test_steps_run_in_order_from_the_root_with_the_dAIEdge_environment(tmp_path:
     assert env["PARAMETERS_FILENAME"] == "parameters.json"
     # The model gets a timestamp in its name and keeps its extension.
     assert env["MODEL_FILENAME"].startswith("net_") and env["MODEL_FILENAME"].endswith(".tflite")
-    assert (out / "pwd.txt").read_text().strip() == str(job_dir / "work")
+    assert (out / "pwd.txt").read_text().strip() == str(job.work)
     assert (out / "model.txt").read_text() == "model bytes"
     assert (out / "user.log").read_text() == "all good\n"
-    assert json.loads((job_dir / "pipeline.json").read_text())["exit_code"] == 0
+    assert job.read_result() == result
 
 
 def test_first_failure_stops_and_stderr_reaches_error_log(tmp_path: Path) -> None:
     repo = make_repository(tmp_path / "repo", {
         "build": 'echo "compiler exploded" >&2\nfalse\necho "not reached" >&2'})
-    job_dir = make_job(tmp_path, repo)
-    result = run_pipeline(job_dir)
-    assert result["exit_code"] == 1
-    assert result["message"] == "AI_Build/build.sh failed with exit code 1"
-    out = out_dir(job_dir)
+    job = make_job(tmp_path, repo)
+    result = run_pipeline(job.root)
+    assert result.exit_code == 1
+    assert result.message == "AI_Build/build.sh failed with exit code 1"
+    out = job.out
     assert (out / "steps.txt").read_text().split() == ["support", "build"]
     error_log = (out / "error.log").read_text()
     assert "compiler exploded" in error_log and "not reached" not in error_log
@@ -93,29 +88,29 @@ def test_error_log_disable_keeps_stderr_private(tmp_path: Path) -> None:
     repo = make_repository(tmp_path / "repo", {"support": (
         'error_log_disable\necho "secret token abc" >&2\n'
         'error_log_print "curated message"')})
-    job_dir = make_job(tmp_path, repo)
-    run_pipeline(job_dir)
-    error_log = (out_dir(job_dir) / "error.log").read_text()
+    job = make_job(tmp_path, repo)
+    run_pipeline(job.root)
+    error_log = (job.out / "error.log").read_text()
     assert "curated message" in error_log and "secret" not in error_log
 
 
 def test_step_time_limit_kills_the_step(tmp_path: Path) -> None:
     repo = make_repository(tmp_path / "repo", {"deploy": "sleep 30 &\nsleep 30"})
-    job_dir = make_job(tmp_path, repo, step_timeouts_s={"deploy": 1})
-    result = run_pipeline(job_dir)
-    assert result["exit_code"] == 124
-    assert result["message"] == "AI_Deploy/deploy.sh exceeded its time limit of 1 s"
-    assert result["steps"][-1]["timed_out"] and result["steps"][-1]["seconds"] < 10
+    job = make_job(tmp_path, repo, step_timeouts_s={"deploy": 1})
+    result = run_pipeline(job.root)
+    assert result.exit_code == 124
+    assert result.message == "AI_Deploy/deploy.sh exceeded its time limit of 1 s"
+    assert result.steps[-1].timed_out and result.steps[-1].seconds < 10
 
 
 def test_missing_script_and_non_executable_scripts(tmp_path: Path) -> None:
     repo = make_repository(tmp_path / "repo", {}, executable=False)
     (repo / "AI_Deploy" / "deploy.sh").unlink()
-    job_dir = make_job(tmp_path, repo)
-    result = run_pipeline(job_dir)
+    job = make_job(tmp_path, repo)
+    result = run_pipeline(job.root)
     # Non-executable scripts still run (with bash); the missing one fails the job.
-    assert [s["step"] for s in result["steps"]] == ["support", "build"]
-    assert result["message"] == "AI_Deploy/deploy.sh is missing from the target repository"
+    assert [s.step for s in result.steps] == ["support", "build"]
+    assert result.message == "AI_Deploy/deploy.sh is missing from the target repository"
 
 
 def test_dataset_is_placed_at_the_root(tmp_path: Path) -> None:
@@ -123,22 +118,22 @@ def test_dataset_is_placed_at_the_root(tmp_path: Path) -> None:
     dataset.write_bytes(b"\1\2\3")
     repo = make_repository(tmp_path / "repo", {
         "manager": 'cp "$DATASET_FILENAME" "$VLAB_OUT_DIR/seen.bin"'})
-    job_dir = make_job(tmp_path, repo, dataset_path=str(dataset), dataset_filename="in.bin")
-    assert run_pipeline(job_dir)["exit_code"] == 0
-    assert (out_dir(job_dir) / "seen.bin").read_bytes() == b"\1\2\3"
+    job = make_job(tmp_path, repo, dataset_path=str(dataset), dataset_filename="in.bin")
+    assert run_pipeline(job.root).exit_code == 0
+    assert (job.out / "seen.bin").read_bytes() == b"\1\2\3"
 
 
 def test_job_is_pinned_to_its_cpuset(tmp_path: Path) -> None:
     core = min(os.sched_getaffinity(0))
     repo = make_repository(tmp_path / "repo", {
         "manager": 'grep Cpus_allowed_list /proc/self/status > "$VLAB_OUT_DIR/cpus.txt"'})
-    job_dir = make_job(tmp_path, repo, cpuset=[core])
+    job = make_job(tmp_path, repo, cpuset=[core])
     pid = os.fork()
     if pid == 0:  # the pipeline pins its own process; keep the test process unpinned
-        run_pipeline(job_dir)
+        run_pipeline(job.root)
         os._exit(0)
     os.waitpid(pid, 0)
-    assert (out_dir(job_dir) / "cpus.txt").read_text().split()[-1] == str(core)
+    assert (job.out / "cpus.txt").read_text().split()[-1] == str(core)
 
 
 def test_server_secrets_do_not_reach_the_target(tmp_path: Path,
@@ -147,8 +142,8 @@ def test_server_secrets_do_not_reach_the_target(tmp_path: Path,
     monkeypatch.setenv("VLAB_DATABASE_URL", "postgresql://vlab:hunter2@db/vlab")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "xyz")
     repo = make_repository(tmp_path / "repo", {"manager": 'env > "$VLAB_OUT_DIR/env.txt"'})
-    job_dir = make_job(tmp_path, repo)
-    assert run_pipeline(job_dir)["exit_code"] == 0
-    seen = (out_dir(job_dir) / "env.txt").read_text()
+    job = make_job(tmp_path, repo)
+    assert run_pipeline(job.root).exit_code == 0
+    seen = (job.out / "env.txt").read_text()
     assert "secret-token" not in seen and "hunter2" not in seen and "xyz" not in seen
     assert "PATH=" in seen and "MODEL_FILENAME=" in seen

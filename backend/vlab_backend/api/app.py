@@ -31,8 +31,7 @@ from vlab_backend.api.uploads import BodySizeLimit, UploadTooLarge
 from vlab_backend.auth import TokenService, ensure_local_admin, load_or_create_secret
 from vlab_backend.config import Settings
 from vlab_backend.events import EventHub
-from vlab_backend.runners.base import Runner
-from vlab_backend.runners.local import LocalRunner
+from vlab_backend.runners import create_runner
 from vlab_backend.scheduler import Scheduler
 from vlab_backend.store.database import Database
 from vlab_backend.store.schema import TargetInstance
@@ -58,14 +57,6 @@ def sync_targets(db: Database, instances: list[InstanceConfig]) -> None:
             row.enabled = False
 
 
-def make_runner(settings: Settings, db: Database) -> Runner:
-    if settings.runner == "nomad":
-        from vlab_backend.runners.nomad import NomadRunner
-
-        return NomadRunner(settings, db)
-    return LocalRunner(warm_workers=settings.warm_workers)
-
-
 def _error_body(message: str) -> dict[str, str]:
     # `error` is what the dAIEdge client reads; `detail` is FastAPI's convention.
     return {"error": message, "detail": message}
@@ -83,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                          settings.access_token_minutes,
                                          settings.refresh_token_days),
                      hub=hub,
-                     scheduler=Scheduler(settings, db, hub, runner=make_runner(settings, db)))
+                     scheduler=Scheduler(settings, db, hub,
+                                         runner=create_runner(settings.runner, settings, db)))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -93,8 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         instances = (load_target_config(settings.targets_file) if settings.targets_file
                      else local_cpu_targets())
         sync_targets(db, instances)
-        if isinstance(state.scheduler.runner, LocalRunner):
-            state.scheduler.runner.prewarm([i.cpuset for i in instances])
+        state.scheduler.runner.prewarm(instances)
         with db.session() as session:
             catalog.seed(session)
         hub.bind(asyncio.get_running_loop())
@@ -105,8 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await state.scheduler.stop()
-            if isinstance(state.scheduler.runner, LocalRunner):
-                state.scheduler.runner.close()
+            await state.scheduler.runner.aclose()
             db.dispose()
 
     app = FastAPI(title="VLab workbench API", version=__version__, lifespan=lifespan,

@@ -1,4 +1,4 @@
-"""Job specification and execution of the four target scripts."""
+"""Execution of the four target scripts in a job directory."""
 
 from __future__ import annotations
 
@@ -11,59 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-STEPS = (
-    ("support", "AI_Support/support.sh"),
-    ("build", "AI_Build/build.sh"),
-    ("deploy", "AI_Deploy/deploy.sh"),
-    ("manager", "AI_Manager/manager.sh"),
-)
-OUT_DIR = "AI_Manager/out"
-SPEC_FILE = "job.json"
-RESULT_FILE = "pipeline.json"
-PROGRESS_FILE = "progress"
+from vlab_backend.jobdir import STEPS, JobDir, JobSpec, PipelineResult, StepResult
 
-
-@dataclass
-class JobSpec:
-    benchmark_id: str
-    repository: str
-    target: str
-    target_uid: str
-    engine: str
-    benchmark_type: str
-    nb_inference: int
-    model_path: str
-    model_filename: str
-    dataset_path: str | None = None
-    dataset_filename: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
-    version_tag: str = "v1.0.0"
-    cpuset: list[int] = field(default_factory=list)
-    step_timeouts_s: dict[str, int] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
-    model_facts: dict[str, Any] = field(default_factory=dict)
-    odt_config: dict[str, Any] = field(default_factory=dict)
-    # Files placed at the repository root under their name (TYPE3 datasets): name -> path.
-    extra_files: dict[str, str] = field(default_factory=dict)
-    # For runners that start the pipeline elsewhere (Nomad): the engine's image and host
-    # resources from the target configuration.
-    image: str = ""
-    devices: list[Any] = field(default_factory=list)
-    volumes: list[Any] = field(default_factory=list)
-    memory: dict[str, Any] = field(default_factory=dict)
-
-    def write(self, job_dir: Path) -> None:
-        (job_dir / SPEC_FILE).write_text(json.dumps(asdict(self), indent=1))
-
-    @classmethod
-    def read(cls, job_dir: Path) -> JobSpec:
-        return cls(**json.loads((job_dir / SPEC_FILE).read_text()))
-
+__all__ = ["JobSpec", "main", "run_pipeline"]
 
 def timestamped(filename: str) -> str:
     """`model.onnx` -> `model_20261128203000.onnx`: unique per job, extension kept."""
@@ -87,13 +41,14 @@ def functions_path() -> Path:
     return Path(__file__).resolve().parent
 
 
-def _prepare_workdir(spec: JobSpec, job_dir: Path) -> tuple[Path, dict[str, str]]:
-    work = job_dir / "work"
+def _prepare_workdir(spec: JobSpec, job: JobDir) -> dict[str, str]:
+    """Copy the repository, place the inputs; returns the scripts' environment."""
+    work = job.work
     if work.exists():
         shutil.rmtree(work)
     shutil.copytree(spec.repository, work, symlinks=True,
                     ignore=shutil.ignore_patterns(".git"))
-    (work / OUT_DIR).mkdir(parents=True, exist_ok=True)
+    job.out.mkdir(parents=True, exist_ok=True)
     model_name = timestamped(spec.model_filename)
     shutil.copyfile(spec.model_path, work / model_name)
     env = inherited_environment()
@@ -108,8 +63,8 @@ def _prepare_workdir(spec: JobSpec, job_dir: Path) -> tuple[Path, dict[str, str]
         "FUNCTIONS_PATH": str(functions_path()),
         "VLAB_CPUSET": ",".join(str(c) for c in spec.cpuset),
         "VLAB_PYTHON": sys.executable,
-        "VLAB_OUT_DIR": str(work / OUT_DIR),
-        "VLAB_PROGRESS_FILE": str(job_dir / PROGRESS_FILE),
+        "VLAB_OUT_DIR": str(job.out),
+        "VLAB_PROGRESS_FILE": str(job.progress_file),
     })
     for name in ("DATASET_FILENAME", "PARAMETERS_FILENAME", "ODT_CONFIG_FILENAME"):
         env.pop(name, None)
@@ -126,11 +81,10 @@ def _prepare_workdir(spec: JobSpec, job_dir: Path) -> tuple[Path, dict[str, str]
         (work / "odt_config.json").write_text(json.dumps(spec.odt_config, indent=1))
         env["ODT_CONFIG_FILENAME"] = "odt_config.json"
     if spec.model_facts:
-        facts = job_dir / "model_facts.json"
-        facts.write_text(json.dumps(spec.model_facts))
-        env["VLAB_MODEL_FACTS"] = str(facts)
+        job.model_facts_file.write_text(json.dumps(spec.model_facts))
+        env["VLAB_MODEL_FACTS"] = str(job.model_facts_file)
     env.update(spec.env)
-    return work, env
+    return env
 
 
 def _kill_tree(pid: int) -> None:
@@ -178,56 +132,44 @@ def _run_step(script: Path, work: Path, env: dict[str, str], timeout_s: int,
     return (124, True) if expired.is_set() else (code, False)
 
 
-def _user_error(work: Path, message: str) -> None:
-    out = work / OUT_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "error.log").open("a") as handle:
-        handle.write(f"[vlab] {message}\n")
-
-
-def run_pipeline(job_dir: Path) -> dict[str, Any]:
+def run_pipeline(job_dir: Path) -> PipelineResult:
     """Run the job in `job_dir` and write its result; returns the result."""
-    spec = JobSpec.read(job_dir)
+    job = JobDir(job_dir)
+    spec = job.read_spec()
     cores = set(spec.cpuset) & os.sched_getaffinity(0)
     if cores:
         os.sched_setaffinity(0, cores)
-    logs = job_dir / "steps"
-    logs.mkdir(exist_ok=True)
-    result: dict[str, Any] = {"steps": [], "exit_code": 0, "message": "", "started": time.time()}
-    work = job_dir / "work"
+    job.steps_dir.mkdir(exist_ok=True)
+    result = PipelineResult(started=time.time())
     try:
-        work, env = _prepare_workdir(spec, job_dir)
+        env = _prepare_workdir(spec, job)
     except OSError as exc:
-        result.update(exit_code=1, message=f"could not prepare the job: {exc}")
-        _finish(job_dir, result)
+        result.fail(1, f"could not prepare the job: {exc}")
+        _finish(job, result)
         return result
     for name, relative in STEPS:
-        script = work / relative
+        script = job.work / relative
         if not script.is_file():
-            message = f"{relative} is missing from the target repository"
-            _user_error(work, message)
-            result.update(exit_code=127, message=message)
+            result.fail(127, f"{relative} is missing from the target repository")
+            job.log_error(result.message)
             break
         limit = int(spec.step_timeouts_s.get(name, 3600))
         started = time.monotonic()
-        code, timed_out = _run_step(script, work, env, limit, logs / f"{name}.log")
-        result["steps"].append({"step": name, "exit_code": code, "timed_out": timed_out,
-                                "seconds": round(time.monotonic() - started, 3)})
+        code, timed_out = _run_step(script, job.work, env, limit, job.step_log(name))
+        result.steps.append(StepResult(step=name, exit_code=code, timed_out=timed_out,
+                                       seconds=round(time.monotonic() - started, 3)))
         if code != 0:
-            message = (f"{relative} exceeded its time limit of {limit} s" if timed_out
-                       else f"{relative} failed with exit code {code}")
-            _user_error(work, message)
-            result.update(exit_code=code, message=message)
+            result.fail(code, f"{relative} exceeded its time limit of {limit} s" if timed_out
+                        else f"{relative} failed with exit code {code}")
+            job.log_error(result.message)
             break
-    _finish(job_dir, result)
+    _finish(job, result)
     return result
 
 
-def _finish(job_dir: Path, result: dict[str, Any]) -> None:
-    result["finished"] = time.time()
-    tmp = job_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, job_dir / RESULT_FILE)
+def _finish(job: JobDir, result: PipelineResult) -> None:
+    result.finished = time.time()
+    job.write_result(result)
 
 
 def _terminate(_signum: int, _frame: Any) -> None:
@@ -242,4 +184,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     result = run_pipeline(Path(args[0]))
-    return 0 if result["exit_code"] == 0 else 1
+    return 0 if result.succeeded else 1

@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from vlab_backend.pipeline.job import OUT_DIR, PROGRESS_FILE, RESULT_FILE, JobSpec, run_pipeline
+from vlab_backend.jobdir import JobDir, JobSpec, Progress
+from vlab_backend.pipeline.job import run_pipeline
 
 
 def _download(client: httpx.Client, url: str, target: Path) -> None:
@@ -30,32 +31,28 @@ def _download(client: httpx.Client, url: str, target: Path) -> None:
                 handle.write(chunk)
 
 
-def _relay_progress(client: httpx.Client, url: str, path: Path, stop: threading.Event) -> None:
-    last = ""
+def _relay_progress(client: httpx.Client, url: str, job: JobDir, stop: threading.Event) -> None:
+    last: Progress | None = None
     while not stop.wait(0.25):
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text and text != last:
-            last = text
-            phase, done, total = text.split()
+        progress = job.read_progress()
+        if progress is not None and progress != last:
+            last = progress
             with contextlib.suppress(httpx.HTTPError):
-                client.post(url, json={"phase": phase, "done": int(done), "total": int(total)})
+                client.post(url, json={"phase": progress.phase, "done": progress.done,
+                                       "total": progress.total})
 
 
-def _upload_outputs(client: httpx.Client, url: str, job_dir: Path) -> None:
+def _upload_outputs(client: httpx.Client, url: str, job: JobDir) -> None:
     files: list[tuple[str, Any]] = []
     handles = []
     try:
-        for field, folder in (("out", job_dir / "work" / OUT_DIR), ("steps", job_dir / "steps")):
+        for field, folder in (("out", job.out), ("steps", job.steps_dir)):
             for path in sorted(folder.glob("*")) if folder.is_dir() else []:
                 if path.is_file():
                     handle = path.open("rb")
                     handles.append(handle)
                     files.append((field, (path.name, handle)))
-        result = job_dir / RESULT_FILE
-        files.append(("result", (RESULT_FILE, result.read_bytes())))
+        files.append(("result", (job.result_file.name, job.result_file.read_bytes())))
         client.post(url, files=files).raise_for_status()
     finally:
         for handle in handles:
@@ -68,8 +65,7 @@ def main() -> int:
     token = os.environ["VLAB_JOB_TOKEN"]
     base = f"/api/jobs/{bench_id}"
     root = Path(tempfile.mkdtemp(prefix="vlab-job-", dir=os.environ.get("NOMAD_TASK_DIR")))
-    job_dir, inputs = root / "job", root / "inputs"
-    job_dir.mkdir()
+    job, inputs = JobDir(root / bench_id), root / "inputs"
     inputs.mkdir()
     with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {token}"},
                       timeout=httpx.Timeout(60.0, read=600.0)) as client:
@@ -82,20 +78,20 @@ def main() -> int:
         spec = JobSpec(**data, repository=os.environ.get("VLAB_REPOSITORY", "/app"),
                        model_path=paths.pop("model"), dataset_path=paths.pop("dataset", None),
                        extra_files=paths)
-        spec.write(job_dir)
+        job.create(spec)
         stop = threading.Event()
         relay = threading.Thread(target=_relay_progress, daemon=True, args=(
-            client, f"{base}/progress", job_dir / PROGRESS_FILE, stop))
+            client, f"{base}/progress", job, stop))
         relay.start()
         try:
-            result = run_pipeline(job_dir)
+            result = run_pipeline(job.root)
         finally:
             stop.set()
             relay.join(timeout=2)
-        _upload_outputs(client, f"{base}/outputs", job_dir)
-    print(json.dumps({"benchmark": bench_id, "exit_code": result["exit_code"],
-                      "message": result["message"]}))
-    return 0 if result["exit_code"] == 0 else 1
+        _upload_outputs(client, f"{base}/outputs", job)
+    print(json.dumps({"benchmark": bench_id, "exit_code": result.exit_code,
+                      "message": result.message}))
+    return 0 if result.succeeded else 1
 
 
 if __name__ == "__main__":

@@ -14,16 +14,21 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
-from vlab_backend.pipeline.job import JobSpec
+from vlab_backend.jobdir import JobDir, JobSpec
 from vlab_backend.runners import warm_client
 from vlab_backend.runners.warm import WarmPool, parse_reply, send_request
 
-PID_FILE = "pid"
+if TYPE_CHECKING:
+    from vlab_backend.config import Settings
+    from vlab_backend.store.database import Database
+    from vlab_backend.targets import InstanceConfig
 
 
 @dataclass(frozen=True)
@@ -49,37 +54,39 @@ class ProcessRef:
 
 
 class LocalRunner:
-    name = "local"
-
     def __init__(self, warm_workers: bool = False) -> None:
         self._children: dict[int, asyncio.subprocess.Process] = {}
         # Pipelines forked by a warm worker: the connection that reports their exit.
         self._warm_runs: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
         self.warm: WarmPool | None = WarmPool() if warm_workers else None
 
-    def prewarm(self, core_sets: list[list[int]]) -> None:
+    @classmethod
+    def from_settings(cls, settings: Settings, _db: Database) -> LocalRunner:
+        return cls(warm_workers=settings.warm_workers)
+
+    def prewarm(self, instances: Sequence[InstanceConfig]) -> None:
         """Start the warm workers now rather than at each instance's first job."""
         if self.warm is not None:
-            for cores in core_sets:
-                self.warm.socket_for(cores)
+            for instance in instances:
+                self.warm.socket_for(instance.cpuset)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         if self.warm is not None:
             self.warm.close()
 
-    async def start(self, job_dir: Path, spec: JobSpec) -> str:
+    async def start(self, job: JobDir, spec: JobSpec) -> str:
         if self.warm is not None:
             socket_path = self.warm.socket_for(spec.cpuset)
             # The manager step asks the same worker for the harness (see warm_client).
             spec.env["VLAB_HARNESS_SOCKET"] = str(socket_path)
             spec.env["VLAB_WARM_CLIENT"] = str(Path(warm_client.__file__).resolve())
-            spec.write(job_dir)
-            ref = await self._start_warm(socket_path, job_dir)
+            job.write_spec(spec)
+            ref = await self._start_warm(socket_path, job)
             if ref is not None:
-                (job_dir / PID_FILE).write_text(f"{ref}\n")
+                job.record_reference(str(ref))
                 return str(ref)
-        command = [sys.executable, "-m", "vlab_backend.pipeline", str(job_dir)]
-        with (job_dir / "pipeline.out").open("wb") as log:
+        command = [sys.executable, "-m", "vlab_backend.pipeline", str(job.root)]
+        with job.pipeline_output.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
@@ -88,14 +95,14 @@ class LocalRunner:
             # The pipeline pins itself from its spec too; this closes the start-up window.
             os.sched_setaffinity(proc.pid, set(spec.cpuset))
         ref = ProcessRef(proc.pid, psutil.Process(proc.pid).create_time())
-        (job_dir / PID_FILE).write_text(f"{ref}\n")
+        job.record_reference(str(ref))
         self._children[proc.pid] = proc
         return str(ref)
 
-    async def _start_warm(self, socket_path: Path, job_dir: Path) -> ProcessRef | None:
+    async def _start_warm(self, socket_path: Path, job: JobDir) -> ProcessRef | None:
         """Have the instance's warm worker fork the pipeline; None when no worker takes the
         request (still importing, or gone), so that the pipeline can start cold instead."""
-        log = os.open(job_dir / "pipeline.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        log = os.open(job.pipeline_output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -103,9 +110,9 @@ class LocalRunner:
             await asyncio.get_running_loop().sock_connect(connection, str(socket_path))
             connection.setblocking(True)  # a few kilobytes: sent at once
             send_request(connection, {
-                "module": "vlab_backend.pipeline", "args": [str(job_dir)], "cwd": str(job_dir),
+                "module": "vlab_backend.pipeline", "args": [str(job.root)], "cwd": str(job.root),
                 "env": dict(os.environ), "detached": True,
-                "pid_file": str(job_dir / PID_FILE)}, [null, log, log])
+                "pid_file": str(job.reference_file)}, [null, log, log])
         except OSError:
             connection.close()
             return None
@@ -126,7 +133,7 @@ class LocalRunner:
         self._warm_runs[ref.pid] = (reader, writer)
         return ref
 
-    async def wait(self, job_dir: Path, ref: str) -> None:
+    async def wait(self, job: JobDir, ref: str) -> None:
         """Until the job's process has ended (own child or adopted after a restart)."""
         process = ProcessRef.parse(ref)
         proc = self._children.pop(process.pid, None)
@@ -167,10 +174,9 @@ class LocalRunner:
     async def alive(self, ref: str) -> bool:
         return ProcessRef.parse(ref).alive()
 
-    def reference_in(self, job_dir: Path) -> str | None:
+    def reference(self, job: JobDir) -> str | None:
+        text = job.recorded_reference()
         try:
-            text = (job_dir / PID_FILE).read_text().strip()
-            ProcessRef.parse(text)
-            return text
-        except (OSError, ValueError):
+            return str(ProcessRef.parse(text)) if text else None
+        except ValueError:
             return None

@@ -8,19 +8,19 @@ that Nomad hands to the task from a Variable; the job spec itself holds no secre
 from __future__ import annotations
 
 import contextlib
-import json
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from vlab_backend.artifacts import ARTIFACT_FILES
 from vlab_backend.auth import issue_job_credential, revoke_job_credentials
 from vlab_backend.config import Settings
+from vlab_backend.jobdir import JobDir, JobSpec, PipelineResult
 from vlab_backend.nomad.client import NomadClient, NomadError
 from vlab_backend.nomad.jobs import benchmark_job, variable_path
-from vlab_backend.pipeline.job import OUT_DIR, RESULT_FILE, JobSpec
 from vlab_backend.store.database import Database
 
-JOB_FILE = "nomad-job"
+if TYPE_CHECKING:
+    from vlab_backend.targets import InstanceConfig
+
 TERMINAL = ("complete", "failed", "lost")
 TASK = "pipeline"
 
@@ -45,8 +45,6 @@ def describe_failure(alloc: dict[str, Any]) -> tuple[int, str]:
 
 
 class NomadRunner:
-    name = "nomad"
-
     def __init__(self, settings: Settings, db: Database,
                  client: NomadClient | None = None) -> None:
         self.settings = settings
@@ -54,11 +52,17 @@ class NomadRunner:
         self.client = client or NomadClient(settings.nomad_addr, settings.nomad_token,
                                             settings.nomad_namespace)
 
+    def prewarm(self, instances: Sequence[InstanceConfig]) -> None:
+        """Nothing to prepare: Nomad pulls each engine's image on the instance's host."""
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
     @property
     def api_url(self) -> str:
         return self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
 
-    async def start(self, job_dir: Path, spec: JobSpec) -> str:
+    async def start(self, job_dir: JobDir, spec: JobSpec) -> str:
         job = benchmark_job(benchmark_id=spec.benchmark_id, target_type=spec.target,
                             target_uid=spec.target_uid, engine=spec.engine,
                             offer={"image": spec.image, "env": spec.env,
@@ -70,11 +74,11 @@ class NomadRunner:
         with self.db.session() as session:
             token = issue_job_credential(session, spec.benchmark_id)
         await self.client.put_variable(variable_path(spec.benchmark_id), {"token": token})
-        (job_dir / JOB_FILE).write_text(job.Job.ID + "\n")
+        job_dir.record_reference(job.Job.ID)
         await self.client.register(job)
         return job.Job.ID
 
-    async def wait(self, job_dir: Path, ref: str) -> None:
+    async def wait(self, job_dir: JobDir, ref: str) -> None:
         index = 0
         allocations: list[dict[str, Any]] = []
         while True:
@@ -83,28 +87,26 @@ class NomadRunner:
                 break
             if not allocations and await self.client.job_status(ref) in (None, "dead"):
                 break
-        benchmark_id = json.loads((job_dir / "job.json").read_text())["benchmark_id"]
         try:
-            if not (job_dir / RESULT_FILE).exists():
+            if not job_dir.has_result():
                 await self._record_failure(job_dir, allocations)
         finally:
-            await self._cleanup(benchmark_id)
+            await self._cleanup(job_dir.benchmark_id)
 
-    async def _record_failure(self, job_dir: Path, allocations: list[dict[str, Any]]) -> None:
+    async def _record_failure(self, job_dir: JobDir, allocations: list[dict[str, Any]]) -> None:
         """The pipeline never reported: keep what Nomad knows as the job's result and logs."""
         latest = max(allocations, key=lambda a: a.get("ModifyIndex", 0)) if allocations else {}
         code, message = describe_failure(latest) if latest else (1, "Nomad placed no "
                                                                    "allocation for the job")
-        out = job_dir / "work" / OUT_DIR
-        out.mkdir(parents=True, exist_ok=True)
-        with (out / ARTIFACT_FILES["error_log"]).open("a") as log:
-            log.write(f"[vlab] {message}\n")
-            if latest and latest.get("ClientStatus") != "lost":
-                with contextlib.suppress(NomadError):
-                    tail = (await self.client.task_log(latest["ID"], TASK)).splitlines()[-50:]
+        job_dir.log_error(message)
+        if latest and latest.get("ClientStatus") != "lost":
+            with contextlib.suppress(NomadError):
+                tail = (await self.client.task_log(latest["ID"], TASK)).splitlines()[-50:]
+                with job_dir.output("error_log").open("a") as log:
                     log.write("\n".join(tail) + ("\n" if tail else ""))
-        (job_dir / RESULT_FILE).write_text(json.dumps(
-            {"steps": [], "exit_code": code or 1, "message": message}))
+        result = PipelineResult()
+        result.fail(code, message)
+        job_dir.write_result(result)
 
     async def _cleanup(self, benchmark_id: str) -> None:
         with self.db.session() as session:
@@ -123,8 +125,5 @@ class NomadRunner:
         return not allocations or any(a.get("ClientStatus") not in TERMINAL
                                       for a in allocations)
 
-    def reference_in(self, job_dir: Path) -> str | None:
-        try:
-            return (job_dir / JOB_FILE).read_text().strip() or None
-        except OSError:
-            return None
+    def reference(self, job_dir: JobDir) -> str | None:
+        return job_dir.recorded_reference()

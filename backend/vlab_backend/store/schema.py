@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
@@ -160,10 +161,22 @@ class Host(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-ACTIVE_STATUSES = ("queued", "running")
-WAITING_STATUSES = ("pending",)
-TERMINAL_STATUSES = ("success", "failed", "canceled")
-ALL_STATUSES = ("pending", "queued", "running", "success", "failed", "canceled")
+class Status(StrEnum):
+    """A benchmark's lifecycle: `pending` -> `queued` -> `running` -> one terminal state."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+# Not ended yet: waiting for an instance, or on one.
+UNFINISHED_STATUSES = (Status.PENDING, *ACTIVE_STATUSES)
+TERMINAL_STATUSES = (Status.SUCCESS, Status.FAILED, Status.CANCELED)
+ALL_STATUSES = tuple(Status)
 
 
 class Benchmark(Base):
@@ -183,7 +196,7 @@ class Benchmark(Base):
     model_sha256: Mapped[str] = mapped_column(String(64))
     dataset_name: Mapped[str | None] = mapped_column(String(400), nullable=True)
     odt_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
+    status: Mapped[str] = mapped_column(String(16), index=True, default=Status.PENDING)
     message: Mapped[str] = mapped_column(String(2000), default="")
     target_uid: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     # What the runner needs to find the job again after a restart (a pid, a Nomad job id).

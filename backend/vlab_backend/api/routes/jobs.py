@@ -3,7 +3,6 @@ credential: read the job's spec and inputs, report progress, post the outputs.""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +16,7 @@ from starlette.datastructures import UploadFile
 from vlab_backend.api.state import AppState, StateDep
 from vlab_backend.api.uploads import safe_filename, save_upload
 from vlab_backend.auth import JOB_TOKEN_PREFIX, AuthError, job_of_credential
-from vlab_backend.pipeline.job import OUT_DIR, PROGRESS_FILE, RESULT_FILE, JobSpec
+from vlab_backend.jobdir import JobDir, PipelineResult, Progress
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 _bearer = HTTPBearer(auto_error=False)
@@ -28,7 +27,7 @@ SERVER_ONLY = ("repository", "model_path", "dataset_path", "extra_files", "image
 
 def job_access(bench_id: str, state: StateDep,
                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-               ) -> Path:
+               ) -> JobDir:
     """The job dir of `bench_id`, if the request carries that job's credential."""
     token = credentials.credentials if credentials else ""
     if not token.startswith(JOB_TOKEN_PREFIX):
@@ -40,27 +39,27 @@ def job_access(bench_id: str, state: StateDep,
             raise HTTPException(401, str(exc)) from exc
     if granted != bench_id:
         raise HTTPException(403, "this credential belongs to another job")
-    job_dir = state.scheduler.job_dir(bench_id)
-    if not (job_dir / "job.json").is_file():
+    job = state.scheduler.job_dir(bench_id)
+    if not job.has_spec():
         raise HTTPException(404, f"job {bench_id} is not running")
-    return job_dir
+    return job
 
 
-JobDir = Annotated[Path, Depends(job_access)]
+CredentialedJob = Annotated[JobDir, Depends(job_access)]
 
 
 @router.get("/{bench_id}/spec")
-def job_spec(bench_id: str, job_dir: JobDir) -> dict[str, Any]:
-    spec = JobSpec.read(job_dir)
-    data = {k: v for k, v in spec.__dict__.items() if k not in SERVER_ONLY}
+def job_spec(bench_id: str, job: CredentialedJob) -> dict[str, Any]:
+    spec = job.read_spec()
+    data = {k: v for k, v in spec.as_dict().items() if k not in SERVER_ONLY}
     data["inputs"] = ["model"] + (["dataset"] if spec.dataset_path else []) + sorted(
         spec.extra_files)
     return data
 
 
 @router.get("/{bench_id}/inputs/{name}")
-def job_input(bench_id: str, name: str, job_dir: JobDir) -> FileResponse:
-    spec = JobSpec.read(job_dir)
+def job_input(bench_id: str, name: str, job: CredentialedJob) -> FileResponse:
+    spec = job.read_spec()
     paths = {"model": spec.model_path, "dataset": spec.dataset_path, **spec.extra_files}
     path = paths.get(name)
     if not path:
@@ -68,29 +67,34 @@ def job_input(bench_id: str, name: str, job_dir: JobDir) -> FileResponse:
     return FileResponse(path, media_type="application/octet-stream")
 
 
-class Progress(BaseModel):
+class ProgressBody(BaseModel):
     phase: str
     done: int
     total: int
 
 
+class Acknowledged(BaseModel):
+    ok: bool
+
+
+class SavedOutputs(BaseModel):
+    saved: list[str]
+
+
 @router.post("/{bench_id}/progress")
-def job_progress(bench_id: str, body: Progress, job_dir: JobDir) -> dict[str, bool]:
-    tmp = job_dir / (PROGRESS_FILE + ".tmp")
-    tmp.write_text(f"{safe_filename(body.phase, 'running')} {body.done} {body.total}\n")
-    os.replace(tmp, job_dir / PROGRESS_FILE)
-    return {"ok": True}
+def job_progress(bench_id: str, body: ProgressBody, job: CredentialedJob) -> Acknowledged:
+    job.write_progress(Progress(safe_filename(body.phase, "running"), body.done, body.total))
+    return Acknowledged(ok=True)
 
 
 @router.post("/{bench_id}/outputs")
-async def job_outputs(bench_id: str, request: Request, job_dir: JobDir,
-                      state: StateDep) -> dict[str, Any]:
+async def job_outputs(bench_id: str, request: Request, job: CredentialedJob,
+                      state: StateDep) -> SavedOutputs:
     """Multipart parts: `out` (files of AI_Manager/out), `steps` (step logs) and `result`
-    (pipeline.json). Names are reduced to their base name; sizes are limited."""
+    (the pipeline's result). Names are reduced to their base name; sizes are limited."""
     form = await request.form(max_files=64)
     saved: list[str] = []
-    for field, destination in (("out", job_dir / "work" / OUT_DIR), ("steps",
-                                                                      job_dir / "steps")):
+    for field, destination in (("out", job.out), ("steps", job.steps_dir)):
         destination.mkdir(parents=True, exist_ok=True)
         for part in form.getlist(field):
             if isinstance(part, UploadFile):
@@ -99,13 +103,13 @@ async def job_outputs(bench_id: str, request: Request, job_dir: JobDir,
     if isinstance(result, UploadFile):
         data = await result.read(1024 * 1024)
         try:
-            parsed = json.loads(data)
-            int(parsed["exit_code"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise HTTPException(400, "result must be the pipeline's JSON result") from exc
-        (job_dir / RESULT_FILE).write_text(json.dumps(parsed))
-        saved.append(RESULT_FILE)
-    return {"saved": saved}
+            parsed = PipelineResult.parse(data)
+        except ValueError as exc:
+            raise HTTPException(400, f"result must be the pipeline's JSON result ({exc})"
+                                ) from exc
+        job.write_result(parsed)
+        saved.append(job.result_file.name)
+    return SavedOutputs(saved=saved)
 
 
 async def _store(state: AppState, part: UploadFile, destination: Path) -> str:

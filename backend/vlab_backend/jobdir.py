@@ -1,0 +1,278 @@
+"""The job directory: the one layout that the pipeline, every runner, artifact collection, the
+scheduler and the jobs API share. Nothing else spells a path inside it.
+
+    <jobs dir>/<benchmark id>/
+        job.json            the JobSpec, written before the launch
+        runner.ref          the runner's reference to the job, recorded before it can start
+        pipeline.out        the pipeline process's own output
+        progress            `phase done total`, rewritten atomically while the job runs
+        model_facts.json    facts of the model the harness reports (parameters, FLOPs)
+        steps/<step>.log    the output of each target script
+        work/               the target repository's copy, with the inputs at its root
+        work/AI_Manager/out the target's outputs (report.json, error.log, ...)
+        pipeline.json       the PipelineResult, written last
+
+It imports the standard library only: the harness and the pipeline container use it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# dAIEdge's four steps, in order, with their script inside the target repository.
+STEPS = (
+    ("support", "AI_Support/support.sh"),
+    ("build", "AI_Build/build.sh"),
+    ("deploy", "AI_Deploy/deploy.sh"),
+    ("manager", "AI_Manager/manager.sh"),
+)
+OUT_DIR = "AI_Manager/out"
+# Artifact name -> the file a target writes under AI_Manager/out.
+OUTPUT_FILES = {
+    "report": "report.json",
+    "report_odt": "report_odt.json",
+    "user_log": "user.log",
+    "error_log": "error.log",
+    "binary": "raw_output.bin",
+    "profile": "profile.json",
+}
+# Lines the platform adds to a job's error.log start with this, so users tell them apart.
+ERROR_PREFIX = "[vlab] "
+
+
+def error_line(message: str) -> str:
+    return f"{ERROR_PREFIX}{message}\n"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a job is: a phase (`load`, `warmup`, `inference`, ...) and a count."""
+
+    phase: str
+    done: int
+    total: int
+
+    def encode(self) -> str:
+        return f"{self.phase} {self.done} {self.total}\n"
+
+    @classmethod
+    def decode(cls, text: str) -> Progress | None:
+        """None for anything but one well-formed line (a file caught mid-write included)."""
+        try:
+            phase, done, total = text.split()
+            return cls(phase, int(done), int(total))
+        except ValueError:
+            return None
+
+    def write(self, path: Path) -> None:
+        """Atomic: a reader sees the previous line or this one, never a part."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.encode())
+        os.replace(tmp, path)
+
+
+@dataclass
+class StepResult:
+    step: str
+    exit_code: int
+    timed_out: bool
+    seconds: float
+
+
+@dataclass
+class PipelineResult:
+    """What the pipeline reports of a job: its steps, the first failure, when it ran."""
+
+    exit_code: int = 0
+    message: str = ""
+    steps: list[StepResult] = field(default_factory=list)
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0
+
+    def fail(self, exit_code: int, message: str) -> None:
+        self.exit_code, self.message = exit_code or 1, message
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def parse(cls, data: str | bytes) -> PipelineResult:
+        """Raises ValueError for anything but a pipeline result (it may come over HTTP)."""
+        raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("a pipeline result is a JSON object")
+        try:
+            steps = [StepResult(step=str(s["step"]), exit_code=int(s["exit_code"]),
+                                timed_out=bool(s["timed_out"]), seconds=float(s["seconds"]))
+                     for s in raw.get("steps") or []]
+            return cls(exit_code=int(raw["exit_code"]), message=str(raw.get("message") or ""),
+                       steps=steps, started=_optional_float(raw.get("started")),
+                       finished=_optional_float(raw.get("finished")))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a pipeline result: {exc}") from exc
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass
+class JobSpec:
+    """Everything a pipeline needs to run one benchmark, as written to `job.json`."""
+
+    benchmark_id: str
+    repository: str
+    target: str
+    target_uid: str
+    engine: str
+    benchmark_type: str
+    nb_inference: int
+    model_path: str
+    model_filename: str
+    dataset_path: str | None = None
+    dataset_filename: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    version_tag: str = "v1.0.0"
+    cpuset: list[int] = field(default_factory=list)
+    step_timeouts_s: dict[str, int] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    model_facts: dict[str, Any] = field(default_factory=dict)
+    odt_config: dict[str, Any] = field(default_factory=dict)
+    # Files placed at the repository root under their name (TYPE3 datasets): name -> path.
+    extra_files: dict[str, str] = field(default_factory=dict)
+    # For runners that start the pipeline elsewhere (Nomad): the engine's image and host
+    # resources from the target configuration.
+    image: str = ""
+    devices: list[Any] = field(default_factory=list)
+    volumes: list[Any] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobDir:
+    """One job's directory (see the module docstring for its layout)."""
+
+    root: Path
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def benchmark_id(self) -> str:
+        return self.root.name
+
+    @property
+    def spec_file(self) -> Path:
+        return self.root / "job.json"
+
+    @property
+    def reference_file(self) -> Path:
+        return self.root / "runner.ref"
+
+    @property
+    def pipeline_output(self) -> Path:
+        return self.root / "pipeline.out"
+
+    @property
+    def progress_file(self) -> Path:
+        return self.root / "progress"
+
+    @property
+    def model_facts_file(self) -> Path:
+        return self.root / "model_facts.json"
+
+    @property
+    def steps_dir(self) -> Path:
+        return self.root / "steps"
+
+    def step_log(self, step: str) -> Path:
+        return self.steps_dir / f"{step}.log"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def out(self) -> Path:
+        return self.work / OUT_DIR
+
+    def output(self, artifact: str) -> Path:
+        """The file of one artifact (`report`, `error_log`, ...) under AI_Manager/out."""
+        return self.out / OUTPUT_FILES[artifact]
+
+    @property
+    def result_file(self) -> Path:
+        return self.root / "pipeline.json"
+
+    # -- life --------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def create(self, spec: JobSpec) -> None:
+        """A fresh directory holding only the spec (whatever a previous attempt left goes)."""
+        self.remove()
+        self.root.mkdir(parents=True)
+        self.write_spec(spec)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- contents ----------------------------------------------------------------------------
+    def write_spec(self, spec: JobSpec) -> None:
+        self.spec_file.write_text(json.dumps(spec.as_dict(), indent=1))
+
+    def read_spec(self) -> JobSpec:
+        return JobSpec(**json.loads(self.spec_file.read_text()))
+
+    def has_spec(self) -> bool:
+        return self.spec_file.is_file()
+
+    def record_reference(self, ref: str) -> None:
+        self.reference_file.write_text(f"{ref}\n")
+
+    def recorded_reference(self) -> str | None:
+        try:
+            return self.reference_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def read_progress(self) -> Progress | None:
+        try:
+            return Progress.decode(self.progress_file.read_text())
+        except OSError:
+            return None
+
+    def write_progress(self, progress: Progress) -> None:
+        progress.write(self.progress_file)
+
+    def has_result(self) -> bool:
+        return self.result_file.is_file()
+
+    def read_result(self) -> PipelineResult | None:
+        """None while the pipeline has not finished (or if what it left is unreadable)."""
+        try:
+            return PipelineResult.parse(self.result_file.read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def write_result(self, result: PipelineResult) -> None:
+        """Atomic, and written last: its presence means the pipeline is done."""
+        tmp = self.root / (self.result_file.name + ".tmp")
+        tmp.write_text(result.to_json())
+        os.replace(tmp, self.result_file)
+
+    def log_error(self, message: str) -> None:
+        """A platform line in the job's error.log, which users read."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with self.output("error_log").open("a") as handle:
+            handle.write(error_line(message))
