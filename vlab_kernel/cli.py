@@ -1,10 +1,13 @@
-"""The `vlab` command. User mistakes print one line on stderr and exit non-zero."""
+"""The `vlab` command. User mistakes print one line on stderr and exit non-zero.
+
+The client's commands live here; the server's (`serve`, `user`, `host`, `vpn`) live in
+`vlab_backend.cli` and are added when the server is installed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import getpass
 import json
 import os
 import subprocess
@@ -17,12 +20,9 @@ from typing import Any
 
 from vlab_kernel.client import VlabClient
 from vlab_kernel.connection import resolve
-from vlab_kernel.errors import VlabError
+from vlab_kernel.defaults import DEFAULT_NB_INFERENCE, DEFAULT_SWEEP_DIR
+from vlab_kernel.errors import UsageError, VlabError
 from vlab_kernel.progress import ProgressPrinter
-
-
-class UsageError(Exception):
-    """A mistake in the command line or its inputs."""
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
@@ -50,33 +50,6 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 # -- commands ----------------------------------------------------------------------------------
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from vlab_backend.api import create_app
-    from vlab_backend.config import Settings
-    from vlab_backend.targets import TargetConfigError, load_target_config
-
-    settings = Settings(host=args.host, port=args.port, runner=args.runner)
-    if args.warm_workers:
-        settings.warm_workers = True
-    if args.data_dir:
-        settings.data_dir = Path(args.data_dir).expanduser()
-    if args.targets:
-        settings.targets_file = Path(args.targets)
-        try:
-            load_target_config(settings.targets_file)
-        except TargetConfigError as exc:
-            raise UsageError(str(exc)) from exc
-    try:
-        settings.lock_data_dir()
-    except RuntimeError as exc:
-        raise UsageError(str(exc)) from None
-    uvicorn.run(create_app(settings), host=args.host, port=args.port,
-                log_level=args.log_level, timeout_graceful_shutdown=5)
-    return 0
-
-
 def cmd_targets(args: argparse.Namespace) -> int:
     with VlabClient() as client:
         targets = client.targets()
@@ -181,32 +154,6 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
-    from vlab_backend.auth import create_user
-    from vlab_backend.config import Settings
-    from vlab_backend.store.database import Database
-
-    if sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise UsageError("the passwords differ")
-    else:
-        password = sys.stdin.readline().rstrip("\n")
-    settings = Settings()
-    settings.ensure_dirs()
-    db = Database(settings.db_url)
-    db.migrate()
-    try:
-        with db.session() as session:
-            create_user(session, args.email, password, is_admin=args.admin)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    finally:
-        db.dispose()
-    print(f"user {args.email.strip().lower()} added" + (" (admin)" if args.admin else ""))
-    return 0
-
-
 def cmd_token(args: argparse.Namespace) -> int:
     """Create (default), list or revoke long-lived API tokens of the current user."""
     with VlabClient() as client:
@@ -226,53 +173,6 @@ def cmd_token(args: argparse.Namespace) -> int:
                 print(created["token"])
                 print(f"token {created['id']} ({created['name']}): keep it secret; it is "
                       "shown only once. Use it as VLAB_TOKEN.", file=sys.stderr)
-    return 0
-
-
-def cmd_host_init(args: argparse.Namespace) -> int:
-    """Write a host's Nomad client config, target config and WireGuard keys; register it."""
-    from vlab_backend.hosts.sdk import init_host
-    from vlab_backend.targets import TargetConfigError
-
-    try:
-        files = init_host(Path(args.targets), Path(args.out), minimal=args.minimal,
-                          name=args.name)
-    except TargetConfigError as exc:
-        raise UsageError(str(exc)) from None
-    for path in files.written:
-        print(f"wrote {path}")
-    if args.no_register:
-        return 0
-    with VlabClient() as client:
-        host = client.request("POST", "/api/hosts", json={
-            "name": files.name, "public_key": files.public_key, "endpoint": args.endpoint,
-            "minimal": args.minimal, "targets": files.targets}).json()
-    (Path(args.out) / "wireguard" / "address").write_text(host["mesh_address"] + "\n")
-    print(f"registered {files.name}: mesh address {host['mesh_address']}, targets "
-          f"{', '.join(files.targets)}")
-    return 0
-
-
-def cmd_vpn_sync(args: argparse.Namespace) -> int:
-    """One reconciliation of this host's WireGuard configuration with the shared database."""
-    import socket
-
-    from vlab_backend.hosts.vpn import sync
-
-    host_dir = Path(args.host_dir)
-    with VlabClient() as client:
-        hosts = client.get_json("/api/hosts")
-    try:
-        result = sync(hosts, args.name or socket.gethostname(),
-                      host_dir / "wireguard" / "private.key",
-                      Path(args.config) if args.config else host_dir / "wireguard" / "wg-vlab.conf",
-                      interface=args.interface)
-    except (ValueError, OSError) as exc:
-        raise UsageError(str(exc)) from None
-    state = "updated" if result.changed else "unchanged"
-    applied = " and applied" if result.applied else ""
-    print(f"{result.config_path} {state}{applied}: {len(result.peers)} peer(s)"
-          + (f" ({', '.join(result.peers)})" if result.peers else ""))
     return 0
 
 
@@ -316,10 +216,10 @@ def backend_running() -> Iterator[None]:
 def cmd_lab(args: argparse.Namespace) -> int:
     """JupyterLab with the extension (which finds or starts the backend)."""
     notebook = NOTEBOOKS / "explore.ipynb"
-    command = [sys.executable, "-m", "jupyterlab", *args.jupyter_args]
+    command = [sys.executable, "-m", "jupyterlab", *args.extra_args]
     if os.geteuid() == 0 and "--allow-root" not in command:
         command.append("--allow-root")  # containers and CI machines often run as root
-    opens_a_path = any(not a.startswith("-") for a in args.jupyter_args)
+    opens_a_path = any(not a.startswith("-") for a in args.extra_args)
     if notebook.is_file() and not opens_a_path:
         command.append(str(notebook))
     return subprocess.call(command)
@@ -330,7 +230,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     with backend_running():
         return subprocess.call([sys.executable, "-m", "voila", str(NOTEBOOKS / "dashboard.ipynb"),
                                 "--no-browser", f"--port={args.port}", "--strip_sources=True",
-                                "--show_tracebacks=False", *args.jupyter_args])
+                                "--show_tracebacks=False", *args.extra_args])
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -361,39 +261,54 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the server's commands --------------------------------------------------------------------
+SERVER_COMMANDS = ("serve", "user", "host", "vpn")
+
+
+def needs_server(command: str) -> str:
+    return f"vlab {command} needs the server: pip install 'vlab-workbench[server]'"
+
+
+def cmd_needs_server(args: argparse.Namespace) -> int:
+    raise UsageError(needs_server(args.command))
+
+
+def add_server_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The server's commands from `vlab_backend.cli`; without the server, stand-ins that say
+    what to install (they take any arguments)."""
+    try:
+        from vlab_backend.cli import add_commands
+    except ModuleNotFoundError:
+        for name in SERVER_COMMANDS:
+            stand_in = sub.add_parser(name, add_help=False, help=needs_server(name))
+            stand_in.set_defaults(func=cmd_needs_server, extra_args=[])
+        return
+    add_commands(sub)
+
+
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlab", description="VLab workbench: benchmark AI "
                                      "models on edge targets")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="run the API and the scheduler")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--data-dir")
-    serve.add_argument("--runner", default="local", choices=["local", "nomad"])
-    serve.add_argument("--targets", help="dAIEdge target configuration file (JSON)")
-    serve.add_argument("--warm-workers", action="store_true",
-                       help="keep an engine process per instance to fork harness runs from")
-    serve.add_argument("--log-level", default="info")
-    serve.set_defaults(func=cmd_serve)
+    add_server_commands(sub)
 
     lab = sub.add_parser("lab", help="JupyterLab with the embedded backend; other arguments "
                          "go to JupyterLab")
-    lab.set_defaults(func=cmd_lab, jupyter_args=[])
+    lab.set_defaults(func=cmd_lab, extra_args=[])
 
     dashboard = sub.add_parser("dashboard", help="the read-only Voila dashboard; other "
                                "arguments go to Voila")
     dashboard.add_argument("--port", type=int, default=8866)
-    dashboard.set_defaults(func=cmd_dashboard, jupyter_args=[])
+    dashboard.set_defaults(func=cmd_dashboard, extra_args=[])
 
     sweep = sub.add_parser("sweep", help="run notebooks/sweep.ipynb with papermill")
     sweep.add_argument("--models", nargs="+", required=True)
     sweep.add_argument("--targets", nargs="+", required=True)
     sweep.add_argument("--engines", nargs="+", required=True)
-    sweep.add_argument("--runs", type=int, default=50)
+    sweep.add_argument("--runs", type=int, default=DEFAULT_NB_INFERENCE)
     sweep.add_argument("--type", default="TYPE1", choices=["TYPE1", "TYPE2"])
-    sweep.add_argument("-o", "--output", default="sweep-results")
+    sweep.add_argument("-o", "--output", default=DEFAULT_SWEEP_DIR)
     sweep.set_defaults(func=cmd_sweep)
 
     targets = sub.add_parser("targets", help="targets, instances, engines and their state")
@@ -406,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--engine", required=True)
     bench.add_argument("--type", choices=["TYPE1", "TYPE2"])
     bench.add_argument("--dataset", help="raw dataset file (TYPE2)")
-    bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--runs", type=int, default=DEFAULT_NB_INFERENCE)
     bench.add_argument("--param", action="append", metavar="KEY=VALUE")
     bench.add_argument("--public", action="store_true", help="let every user see the result")
     bench.add_argument("--json", action="store_true", help="print only the report JSON")
@@ -423,36 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true")
     results.set_defaults(func=cmd_results)
 
-    user = sub.add_parser("user", help="accounts")
-    user_sub = user.add_subparsers(dest="user_command", required=True)
-    add = user_sub.add_parser("add", help="add a user (password read from stdin)")
-    add.add_argument("email")
-    add.add_argument("--admin", action="store_true")
-    add.set_defaults(func=cmd_user_add)
-
-    host = sub.add_parser("host", help="host SDK")
-    host_sub = host.add_subparsers(dest="host_command", required=True)
-    init = host_sub.add_parser("init", help="prepare this host to join the cluster")
-    init.add_argument("--targets", required=True, help="dAIEdge target configuration file")
-    init.add_argument("--out", required=True, help="directory for the generated files")
-    init.add_argument("--minimal", action="store_true",
-                      help="a host that runs only the VPN service and benchmark jobs")
-    init.add_argument("--name", help="host name (default: this machine's)")
-    init.add_argument("--endpoint", default="", help="public HOST:PORT of its WireGuard")
-    init.add_argument("--no-register", action="store_true",
-                      help="write the files without registering the host")
-    init.set_defaults(func=cmd_host_init)
-
-    vpn = sub.add_parser("vpn", help="WireGuard mesh")
-    vpn_sub = vpn.add_subparsers(dest="vpn_command", required=True)
-    vpn_sync = vpn_sub.add_parser("sync", help="reconcile this host's WireGuard config once")
-    vpn_sync.add_argument("--host-dir", default=".", help="the `vlab host init --out` dir")
-    vpn_sync.add_argument("--name", help="host name (default: this machine's)")
-    vpn_sync.add_argument("--config", help="config file (default: HOST_DIR/wireguard/"
-                          "wg-vlab.conf)")
-    vpn_sync.add_argument("--interface", default="wg-vlab")
-    vpn_sync.set_defaults(func=cmd_vpn_sync)
-
     token = sub.add_parser("token", help="create, list or revoke API tokens")
     token.add_argument("--name", default="", help="a label for the new token")
     token.add_argument("--list", action="store_true", help="list your tokens")
@@ -466,14 +351,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command not in ("lab", "dashboard"):
+        if not hasattr(args, "extra_args"):  # only commands that pass arguments on take them
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.jupyter_args = extra
+        args.extra_args = extra
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)
     except (UsageError, VlabError) as exc:
         print(f"vlab: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        if args.command not in SERVER_COMMANDS:
+            raise
+        # The server's code is there but not its dependencies (a client-only install).
+        print(f"vlab: error: {needs_server(args.command)} (no module {exc.name!r})",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

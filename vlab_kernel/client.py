@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import orjson
 
-from vlab_backend.blobstore import sha256_file
 from vlab_kernel.connection import Connection, resolve
+from vlab_kernel.defaults import DEFAULT_NB_INFERENCE, sha256_file
 from vlab_kernel.errors import BadRequest, ConnectionFailed, error_for
 
 TERMINAL = ("success", "failed", "canceled")
@@ -84,10 +84,10 @@ class VlabClient:
                              files={"dataset": (path.name, handle)})
         return ref
 
-    def submit(self, model: Path | str, target: str, engine: str, *, runs: int = 20,
-               benchmark_type: str = "TYPE1", dataset: Path | None = None,
-               params: dict[str, Any] | None = None, target_uids: list[str] | None = None,
-               public: bool = False) -> str:
+    def submit(self, model: Path | str, target: str, engine: str, *,
+               runs: int = DEFAULT_NB_INFERENCE, benchmark_type: str = "TYPE1",
+               dataset: Path | None = None, params: dict[str, Any] | None = None,
+               target_uids: list[str] | None = None, public: bool = False) -> str:
         """Submit a benchmark of a model file or a stored model reference; returns its id."""
         data: dict[str, Any] = {"device": target, "engine": engine, "nb_inference": str(runs),
                                 "benchmark_type": benchmark_type, "public": str(public).lower()}

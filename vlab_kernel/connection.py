@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from vlab_backend.config import DEFAULT_URL
-from vlab_backend.config import default_data_dir as data_dir
+from vlab_kernel.defaults import CREDENTIAL_FILE, DEFAULT_URL, data_dir
 
-CREDENTIAL_FILE = "local-admin.token"
-__all__ = ["DEFAULT_URL", "Connection", "data_dir", "resolve"]
+__all__ = ["Connection", "resolve"]
 
 
 @dataclass(frozen=True)

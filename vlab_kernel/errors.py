@@ -1,6 +1,11 @@
-"""Typed exceptions carrying the server's message and HTTP status."""
+"""Typed exceptions carrying the server's message and HTTP status, and the `vlab` command's
+`UsageError`."""
 
 from __future__ import annotations
+
+
+class UsageError(Exception):
+    """A mistake in a `vlab` command line or its inputs: one line on stderr, exit 1."""
 
 
 class VlabError(Exception):

@@ -18,7 +18,9 @@ import pandas as pd
 
 from vlab_kernel.client import TERMINAL, VlabClient, error_message
 from vlab_kernel.connection import resolve
+from vlab_kernel.defaults import DEFAULT_NB_INFERENCE
 from vlab_kernel.errors import BenchmarkFailed, NotReady, VlabError, error_for
+from vlab_kernel.stats import compare
 
 ModelLike = str | Path | bytes | Any  # a path, a "model-N" reference, bytes, or onnx.ModelProto
 
@@ -232,10 +234,11 @@ class Lab:
                                            "targets", "parameters"])
 
     # -- benchmarks ------------------------------------------------------------------------
-    def benchmark(self, model: ModelLike, target: str, engine: str, *, runs: int = 20,
-                  type: str | None = None, dataset: str | Path | None = None,
-                  params: dict[str, Any] | None = None, target_uids: list[str] | None = None,
-                  public: bool = False, wait: bool = False) -> Benchmark:
+    def benchmark(self, model: ModelLike, target: str, engine: str, *,
+                  runs: int = DEFAULT_NB_INFERENCE, type: str | None = None,
+                  dataset: str | Path | None = None, params: dict[str, Any] | None = None,
+                  target_uids: list[str] | None = None, public: bool = False,
+                  wait: bool = False) -> Benchmark:
         """Submit a benchmark. `model`: a path, a stored `model-N` reference, bytes or an
         `onnx.ModelProto`. Returns at once unless `wait=True`."""
         benchmark_type = type or ("TYPE2" if dataset is not None else "TYPE1")
@@ -259,8 +262,6 @@ class Lab:
     def compare(self, a: Benchmark | str, b: Benchmark | str) -> dict[str, Any]:
         """B against A: the difference of median latencies with a 95 % bootstrap interval and
         a permutation test; `verdict` says when the difference is within noise."""
-        from vlab_backend.harness.stats import compare
-
         first = a if isinstance(a, Benchmark) else self.get(a)
         second = b if isinstance(b, Benchmark) else self.get(b)
         result = compare(first.latencies.to_numpy(), second.latencies.to_numpy())
@@ -277,9 +278,9 @@ class Lab:
         return frame
 
     def sweep(self, models: Iterable[ModelLike], targets: Iterable[str],
-              engines: Iterable[str], *, runs: int = 20, type: str | None = None,
-              dataset: str | Path | None = None, params: dict[str, Any] | None = None,
-              progress: bool = True) -> pd.DataFrame:
+              engines: Iterable[str], *, runs: int = DEFAULT_NB_INFERENCE,
+              type: str | None = None, dataset: str | Path | None = None,
+              params: dict[str, Any] | None = None, progress: bool = True) -> pd.DataFrame:
         """Every model × target × engine, submitted at once and run concurrently on the free
         instances; one row each. Combinations the server refuses get status `rejected`."""
         combos = list(product(list(models), list(targets), list(engines)))

@@ -11,6 +11,7 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
+from vlab_kernel.defaults import DEFAULT_NB_INFERENCE
 from vlab_kernel.errors import VlabError
 from vlab_kernel.lab import Lab, connect
 
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("model")
     bench.add_argument("--target", required=True)
     bench.add_argument("--engine", required=True)
-    bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--runs", type=int, default=DEFAULT_NB_INFERENCE)
     bench.add_argument("--type")
     bench.add_argument("--dataset")
     bench.add_argument("--param", action="append", default=[])

@@ -1,60 +1,67 @@
-"""Server settings, read from the environment with explicit overrides from the command line."""
+"""Server settings: one pydantic-settings model, read from `VLAB_*` (and `NOMAD_*`) environment
+variables, with explicit keyword overrides (`Settings(port=9000)`, as `vlab serve` passes its
+flags). Defaults that clients share (host, port, data-dir rule, limits) come from
+`vlab_kernel.defaults`.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_URL = "http://127.0.0.1:8765"
-STEP_NAMES = ("support", "build", "deploy", "manager")
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vlab_kernel.defaults import (
+    CREDENTIAL_FILE,
+    DEFAULT_HOST,
+    DEFAULT_MAX_NB_INFERENCE,
+    DEFAULT_PORT,
+    data_dir,
+)
 
 
-def default_data_dir() -> Path:
-    """`VLAB_DATA_DIR`, else the XDG data dir (`~/.local/share/vlab`)."""
-    explicit = os.environ.get("VLAB_DATA_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg) / "vlab"
+class Settings(BaseSettings):
+    """Every field `name` reads `VLAB_<NAME>` unless it names its variable (`NOMAD_*`)."""
 
+    model_config = SettingsConfigDict(env_prefix="VLAB_", env_ignore_empty=True,
+                                      populate_by_name=True)
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw else default
-
-
-@dataclass
-class Settings:
-    data_dir: Path = field(default_factory=default_data_dir)
-    host: str = "127.0.0.1"
-    port: int = 8765
+    data_dir: Path = Field(default_factory=data_dir)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     runner: str = "local"
     targets_file: Path | None = None
     database_url: str | None = None
-    max_model_bytes: int = field(
-        default_factory=lambda: _env_int("VLAB_MAX_MODEL_BYTES", 512 * 1024 * 1024))
-    max_dataset_bytes: int = field(
-        default_factory=lambda: _env_int("VLAB_MAX_DATASET_BYTES", 1024 * 1024 * 1024))
-    max_nb_inference: int = field(
-        default_factory=lambda: _env_int("VLAB_MAX_NB_INFERENCE", 100_000))
-    step_timeouts_s: dict[str, int] = field(default_factory=lambda: {
-        "support": _env_int("VLAB_TIMEOUT_SUPPORT_S", 300),
-        "build": _env_int("VLAB_TIMEOUT_BUILD_S", 900),
-        "deploy": _env_int("VLAB_TIMEOUT_DEPLOY_S", 300),
-        "manager": _env_int("VLAB_TIMEOUT_MANAGER_S", 1800),
-    })
-    nomad_addr: str = field(default_factory=lambda: os.environ.get("NOMAD_ADDR",
-                                                                   "http://127.0.0.1:4646"))
-    nomad_token: str = field(default_factory=lambda: os.environ.get("NOMAD_TOKEN", ""))
-    nomad_namespace: str = field(default_factory=lambda: os.environ.get("NOMAD_NAMESPACE",
-                                                                        "default"))
+    max_model_bytes: int = 512 * 1024 * 1024
+    max_dataset_bytes: int = 1024 * 1024 * 1024
+    max_nb_inference: int = DEFAULT_MAX_NB_INFERENCE
+    # Limits of the pipeline's steps, in seconds.
+    timeout_support_s: int = 300
+    timeout_build_s: int = 900
+    timeout_deploy_s: int = 300
+    timeout_manager_s: int = 1800
+    nomad_addr: str = Field(default="http://127.0.0.1:4646", validation_alias="NOMAD_ADDR")
+    nomad_token: str = Field(default="", validation_alias="NOMAD_TOKEN")
+    nomad_namespace: str = Field(default="default", validation_alias="NOMAD_NAMESPACE")
     # The API address pipelines on other hosts use (Nomad runner).
-    public_url: str = field(default_factory=lambda: os.environ.get("VLAB_PUBLIC_URL", ""))
-    warm_workers: bool = field(
-        default_factory=lambda: os.environ.get("VLAB_WARM_WORKERS", "") in ("1", "true"))
+    public_url: str = ""
+    # An engine process per instance that forks harness runs: small jobs cost ~0.1 s instead of
+    # ~0.5 s of platform overhead. `VLAB_WARM_WORKERS=0` (`--no-warm-workers`) starts cold.
+    warm_workers: bool = True
     access_token_minutes: int = 60
     refresh_token_days: int = 7
+
+    @field_validator("data_dir", "targets_file")
+    @classmethod
+    def _expand_user(cls, path: Path | None) -> Path | None:
+        return path.expanduser() if path is not None else None
+
+    @property
+    def step_timeouts_s(self) -> dict[str, int]:
+        """Pipeline step -> its limit in seconds."""
+        return {"support": self.timeout_support_s, "build": self.timeout_build_s,
+                "deploy": self.timeout_deploy_s, "manager": self.timeout_manager_s}
 
     @property
     def max_upload_bytes(self) -> int:
@@ -63,8 +70,7 @@ class Settings:
 
     @property
     def db_url(self) -> str:
-        return self.database_url or os.environ.get("VLAB_DATABASE_URL") or (
-            f"sqlite:///{self.data_dir / 'vlab.db'}")
+        return self.database_url or f"sqlite:///{self.data_dir / 'vlab.db'}"
 
     # Sub-directories of the data dir, each with one purpose.
     @property
@@ -89,7 +95,7 @@ class Settings:
 
     @property
     def credential_file(self) -> Path:
-        return self.data_dir / "local-admin.token"
+        return self.data_dir / CREDENTIAL_FILE
 
     @property
     def secret_file(self) -> Path:

@@ -1,4 +1,9 @@
-"""The `ExtensionApp`: configuration, handlers, and the embedded backend's lifetime."""
+"""The `ExtensionApp`: configuration, handlers, and the embedded backend's lifetime.
+
+Every setting is a trait (`c.VLabExtension.<name>` in a Jupyter config file, or
+`--VLabExtension.<name>=...`); where none is given, its `@default` reads the environment when
+the extension starts, not when it is imported.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,15 @@ from typing import Any
 
 import httpx
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Unicode
+from traitlets import Bool, Unicode, default
 
-from vlab_kernel.connection import DEFAULT_URL
+from vlab_kernel import defaults
+from vlab_kernel.defaults import CREDENTIAL_FILE, DEFAULT_URL
 from vlab_server_ext.backend import EmbeddedBackend
 from vlab_server_ext.handlers import BackendProxyHandler, NomadProxyHandler
 
-
-def _default_data_dir() -> str:
-    from vlab_kernel.connection import data_dir
-
-    return str(data_dir())
+# The spellings pydantic (the server's settings) reads as false.
+FALSE_WORDS = ("0", "off", "f", "false", "n", "no")
 
 
 def _answers(url: str) -> bool:
@@ -33,33 +36,62 @@ class VLabExtension(ExtensionApp):
     load_other_extensions = True
 
     backend_url = Unicode(
-        os.environ.get("VLAB_URL", ""), config=True,
-        help="URL of the VLab backend; empty starts the embedded backend.")
+        config=True, help="URL of the VLab backend (default: $VLAB_URL); empty starts the "
+                          "embedded backend.")
     backend_token = Unicode(
-        os.environ.get("VLAB_TOKEN", ""), config=True,
-        help="Token the server uses towards the backend (default: the local credential).")
+        config=True, help="Token the server uses towards the backend (default: $VLAB_TOKEN, "
+                          "else the local credential).")
     data_dir = Unicode(
-        config=True, help="Data dir of the embedded backend (default: VLAB_DATA_DIR or "
+        config=True, help="Data dir of the embedded backend (default: $VLAB_DATA_DIR, else "
                           "~/.local/share/vlab).")
-    nomad_addr = Unicode(os.environ.get("NOMAD_ADDR", ""), config=True,
-                         help="Nomad HTTP API address for the read-only /vlab/nomad proxy.")
-    nomad_token = Unicode(os.environ.get("NOMAD_TOKEN", ""), config=True,
-                          help="ACL token sent to Nomad (never to the browser).")
+    warm_workers = Bool(
+        config=True, help="Start the embedded backend with warm workers (default: on, unless "
+                          "$VLAB_WARM_WORKERS=0); off starts every job cold.")
+    nomad_addr = Unicode(
+        config=True, help="Nomad HTTP API address for the read-only /vlab/nomad proxy "
+                          "(default: $NOMAD_ADDR).")
+    nomad_token = Unicode(
+        config=True, help="ACL token sent to Nomad, never to the browser (default: "
+                          "$NOMAD_TOKEN).")
+
+    @default("backend_url")
+    def _backend_url_default(self) -> str:
+        return os.environ.get("VLAB_URL", "")
+
+    @default("backend_token")
+    def _backend_token_default(self) -> str:
+        return os.environ.get("VLAB_TOKEN", "")
+
+    @default("data_dir")
+    def _data_dir_default(self) -> str:
+        return str(defaults.data_dir())
+
+    @default("warm_workers")
+    def _warm_workers_default(self) -> bool:
+        return os.environ.get("VLAB_WARM_WORKERS", "").strip().lower() not in FALSE_WORDS
+
+    @default("nomad_addr")
+    def _nomad_addr_default(self) -> str:
+        return os.environ.get("NOMAD_ADDR", "")
+
+    @default("nomad_token")
+    def _nomad_token_default(self) -> str:
+        return os.environ.get("NOMAD_TOKEN", "")
 
     _embedded: EmbeddedBackend | None = None
 
     def initialize_settings(self) -> None:
         url, token = self.backend_url.rstrip("/"), self.backend_token
-        data_dir = Path(self.data_dir or _default_data_dir())
-        if not url and _answers(DEFAULT_URL) and (data_dir / "local-admin.token").is_file():
+        store = Path(self.data_dir)
+        if not url and _answers(DEFAULT_URL) and (store / CREDENTIAL_FILE).is_file():
             url = DEFAULT_URL  # a `vlab serve` of this user is already running
         if not url:
-            self._embedded = EmbeddedBackend(data_dir)
+            self._embedded = EmbeddedBackend(store, warm_workers=self.warm_workers)
             self.log.info("starting the embedded VLab backend in %s", self._embedded.data_dir)
             self._embedded.start()
             url, token = self._embedded.url, self._embedded.token
         elif not token:
-            credential = data_dir / "local-admin.token"
+            credential = store / CREDENTIAL_FILE
             token = credential.read_text().strip() if credential.is_file() else ""
         # Kernels inherit the server's environment: `vlab_kernel.connect()` finds the backend.
         os.environ["VLAB_URL"] = url

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from vlab_kernel.defaults import CREDENTIAL_FILE
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -18,22 +20,28 @@ def free_port() -> int:
 
 
 class EmbeddedBackend:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, warm_workers: bool = True) -> None:
         self.data_dir = data_dir
+        self.warm_workers = warm_workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def token(self) -> str:
-        return (self.data_dir / "local-admin.token").read_text().strip()
+        return self.credential.read_text().strip()
+
+    @property
+    def credential(self) -> Path:
+        return self.data_dir / CREDENTIAL_FILE
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "embedded-backend.log").open("ab")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "vlab_kernel.cli", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir), "--log-level", "warning"],
+             "--data-dir", str(self.data_dir), "--log-level", "warning",
+             "--warm-workers" if self.warm_workers else "--no-warm-workers"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout_s
@@ -43,7 +51,7 @@ class EmbeddedBackend:
                                    f"{self.data_dir / 'embedded-backend.log'}")
             try:
                 if httpx.get(self.url + "/api/benchmarks/status", timeout=1).status_code == 200 \
-                        and (self.data_dir / "local-admin.token").exists():
+                        and self.credential.exists():
                     return
             except httpx.HTTPError:
                 pass

@@ -93,38 +93,7 @@ def test_targets_and_results(server: LiveServer, small_onnx: Path) -> None:
     assert "latency_mean_s" in server.cli("results").stdout
 
 
-def test_user_add_reads_the_password_from_stdin(server: LiveServer) -> None:
-    done = server.cli("user", "add", "Ada@Example.org", stdin="correct horse battery\n")
-    assert done.returncode == 0, done.stderr
-    assert "user ada@example.org added" in done.stdout
-    again = server.cli("user", "add", "ada@example.org", stdin="correct horse battery\n")
-    assert again.returncode == 1 and "already exists" in one_error_line(again.stderr)
-    short = server.cli("user", "add", "bob@example.org", stdin="short\n")
-    assert "at least 8 characters" in one_error_line(short.stderr)
-    import httpx
-
-    login = httpx.post(server.url + "/api/users/login",
-                       json={"email": "ada@example.org", "password": "correct horse battery"})
-    assert login.status_code == 200
-    token = login.json()["access_token"]
-    mine = httpx.get(server.url + "/api/benchmarks",
-                     headers={"Authorization": f"Bearer {token}"}).json()
-    assert mine["count"] == 0  # the admin's benchmarks are not hers
-    refreshed = httpx.post(server.url + "/api/users/token/refresh",
-                           json={"refresh": login.json()["refresh_token"]})
-    assert refreshed.status_code == 200 and refreshed.json()["access"]
-    wrong = httpx.post(server.url + "/api/users/login",
-                       json={"email": "ada@example.org", "password": "nope nope"})
-    assert wrong.status_code == 401
-
-
 def test_vlab_token_overrides_the_local_credential(server: LiveServer) -> None:
     done = server.cli("targets", VLAB_TOKEN="vlab_bogus")
     assert done.returncode == 1
     assert "invalid or revoked API token" in one_error_line(done.stderr)
-
-
-def test_a_second_server_on_the_same_data_dir_is_refused(server: LiveServer) -> None:
-    done = server.cli("serve", "--port", "9", "--data-dir", str(server.data_dir))
-    assert done.returncode == 1
-    assert f"another VLab server is using {server.data_dir}" in one_error_line(done.stderr)

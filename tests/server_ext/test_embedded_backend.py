@@ -27,6 +27,7 @@ async def test_embedded_backend_starts_and_is_exported(jp_serverapp: Any, jp_fet
                                                        tmp_path: Path) -> None:
     extension = jp_serverapp.extension_manager.extension_apps["vlab_server_ext"]
     embedded = next(iter(extension)) if isinstance(extension, set) else extension
+    assert embedded.warm_workers is True  # the embedded backend is fast by default
     url = os.environ["VLAB_URL"]
     token = os.environ["VLAB_TOKEN"]
     assert url.startswith("http://127.0.0.1:")

@@ -11,6 +11,7 @@ from typing import Any
 import ipywidgets as w
 import plotly.graph_objects as go
 
+from vlab_kernel.defaults import DEFAULT_MAX_NB_INFERENCE, DEFAULT_NB_INFERENCE
 from vlab_kernel.errors import BadRequest
 from vlab_kernel.lab import Benchmark, Lab, connect
 from vlab_widgets.common import Message, in_background
@@ -68,7 +69,8 @@ class Launcher(w.VBox):
                                               description="Type", style=style)
         self.dataset = w.Text(placeholder="raw dataset file (TYPE2)", description="Dataset",
                               style=style)
-        self.runs = w.BoundedIntText(value=100, min=1, max=100_000, description="Runs",
+        self.runs = w.BoundedIntText(value=DEFAULT_NB_INFERENCE, min=1,
+                                     max=DEFAULT_MAX_NB_INFERENCE, description="Runs",
                                      style=style)
         self.params = w.Textarea(placeholder='{"threads": 1}', description="Parameters",
                                  style=style)
@@ -102,6 +104,7 @@ class Launcher(w.VBox):
         except Exception as error:
             self.message.show_error(error)
             return
+        self.runs.max = self.config.get("limits", {}).get("max_nb_inference", self.runs.max)
         targets = sorted(self.config["devices"])
         self.target.options = targets
         if self.target.value is None and targets:
