@@ -7,17 +7,24 @@ which may also be given per engine):
                    "memory": {"ram": 1073741824, "storage": 1073741824},
                    "engines": {"onnxruntime": {"version": "1.18", "supported_types": ["TYPE1"],
                                                "repository": "targets/host-cpu"}}}]}
+
+An engine of the registry also gets its model formats in its offer's `env`
+(`VLAB_ENGINE_FORMATS`, unless the file sets it), which targets/host-cpu's support step reads.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vlab_backend.engines import engine_specs
+from vlab_backend.engines import engine_specs, engine_version
+from vlab_backend.engines.base import EngineSpec
+
+log = logging.getLogger("vlab.targets")
 
 BENCHMARK_TYPES = ("TYPE1", "TYPE2", "TYPE3", "TYPE4")
 DEFAULT_TYPE = "host-cpu"
@@ -59,27 +66,43 @@ def builtin_targets_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "targets"
 
 
-def _engine_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
+# The model formats (file extensions, lower case, space-separated) of the job's engine: the
+# support step of a target repository built for this lab (targets/host-cpu) reads them
+# instead of keeping its own table, so that every registered engine runs there.
+ENGINE_FORMATS_VAR = "VLAB_ENGINE_FORMATS"
 
-    dist = {"tflite": "ai-edge-litert"}.get(name, name)
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return ""
+
+def engine_formats_env(spec: EngineSpec) -> dict[str, str]:
+    return {ENGINE_FORMATS_VAR: " ".join(fmt.lower() for fmt in spec.formats)}
+
+
+def host_cpu_engines(repository: str) -> dict[str, EngineOffer]:
+    """The registered engines this machine's CPU runs: those whose spec says they run in the
+    harness on a CPU host and whose runtime is installed here (the others are logged, not
+    offered: a job would only fail on them)."""
+    offers = {}
+    for name, spec in engine_specs().items():
+        if not spec.host_cpu:
+            continue
+        missing = spec.missing_runtime()
+        if missing is not None:
+            log.warning("engine %s is not offered on %s: %s", name, DEFAULT_TYPE, missing)
+            continue
+        offers[name] = EngineOffer(name=name, version=engine_version(name),
+                                   repository=repository, env=engine_formats_env(spec))
+    return offers
 
 
 def local_cpu_targets() -> list[InstanceConfig]:
-    """`host-cpu`: one instance per core this process may use, each pinned to its core."""
-    repository = str(builtin_targets_dir() / DEFAULT_TYPE)
-    instances = []
-    for core in sorted(os.sched_getaffinity(0)):
-        engines = {name: EngineOffer(name=name, version=_engine_version(name),
-                                     repository=repository)
-                   for name in ("onnxruntime", "openvino", "tflite")}
-        instances.append(InstanceConfig(uid=f"{DEFAULT_TYPE}-{core}", target_type=DEFAULT_TYPE,
-                                        engines=engines, cpuset=[core]))
-    return instances
+    """`host-cpu`: one instance per core this process may use, each pinned to its core, each
+    offering `host_cpu_engines`."""
+    engines = host_cpu_engines(str(builtin_targets_dir() / DEFAULT_TYPE))
+    return [InstanceConfig(uid=f"{DEFAULT_TYPE}-{core}", target_type=DEFAULT_TYPE,
+                           engines={name: replace(offer, env=dict(offer.env),
+                                                    supported_types=list(offer.supported_types))
+                                    for name, offer in engines.items()},
+                           cpuset=[core])
+            for core in sorted(os.sched_getaffinity(0))]
 
 
 def _require(condition: bool, message: str) -> None:
@@ -125,7 +148,7 @@ def parse_target_config(data: Any, base_dir: Path | None = None) -> list[Instanc
 
 
 def _parse_engine(at: str, name: str, offer: Any, entry: dict[str, Any], base_dir: Path | None,
-                  known_engines: dict[str, Any]) -> EngineOffer:
+                  known_engines: dict[str, EngineSpec]) -> EngineOffer:
     _require(isinstance(offer, dict), f"{at}: expected an object")
     types = offer.get("supported_types", ["TYPE1"])
     _require(isinstance(types, list) and bool(types) and all(t in BENCHMARK_TYPES for t in types),
@@ -139,9 +162,11 @@ def _parse_engine(at: str, name: str, offer: Any, entry: dict[str, Any], base_di
         repository = str((base_dir / repository).resolve())
     env = offer.get("env", {})
     _require(isinstance(env, dict), f"{at}: 'env' must be an object")
+    env = {str(k): str(v) for k, v in env.items()}
+    if name in known_engines:  # a registered engine: its formats, unless the file says
+        env = engine_formats_env(known_engines[name]) | env
     return EngineOffer(name=name, version=str(offer.get("version", "")), supported_types=types,
-                       repository=repository, image=image,
-                       env={str(k): str(v) for k, v in env.items()},
+                       repository=repository, image=image, env=env,
                        devices=list(offer.get("devices", [])),
                        volumes=list(offer.get("volumes", [])))
 

@@ -1,8 +1,26 @@
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
 import pytest
 
-from vlab_backend.engines import create_adapter, engine_specs, get_spec
+from tests.models import conv_model, engine_package
+from vlab_backend import __version__, engines
+from vlab_backend.engines import (
+    create_adapter,
+    engine_modules,
+    engine_specs,
+    engine_version,
+    get_spec,
+)
+from vlab_backend.engines.base import EngineSpec
 
 
 def test_builtin_engines_are_registered() -> None:
@@ -47,29 +65,133 @@ def test_a_builtin_engine_is_found_without_scanning_entry_points(
         raise AssertionError("entry points scanned")
 
     monkeypatch.setattr(importlib.metadata, "entry_points", no_scan)
-    engines._modules.cache_clear()
+    engines.clear_cache()
     try:
         assert get_spec("onnxruntime").name == "onnxruntime"
         assert create_adapter("synthetic").__class__.__module__.endswith("synthetic_engine")
     finally:
-        engines._modules.cache_clear()
+        engines.clear_cache()
 
 
 def test_an_entry_point_cannot_take_over_a_builtin_name(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.metadata
-    import sys
     import types
 
-    from vlab_backend import engines
-
     impostor = types.ModuleType("impostor_engine")
-    impostor.SPEC = type("Spec", (), {"name": "onnxruntime"})()  # type: ignore[attr-defined]
+    impostor.SPEC = EngineSpec("onnxruntime", "Impostor", ("onnx",))  # type: ignore[attr-defined]
+    impostor.Adapter = object  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "impostor_engine", impostor)
     entry = importlib.metadata.EntryPoint("impostor", "impostor_engine", "vlab.engines")
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_kwargs: [entry])
-    engines._modules.cache_clear()
+    engines.clear_cache()
     try:
         assert engine_specs()["onnxruntime"] is get_spec("onnxruntime")
         assert get_spec("onnxruntime").display_name == "ONNX Runtime (CPU)"
     finally:
-        engines._modules.cache_clear()
+        engines.clear_cache()
+
+
+def test_builtin_engines_declare_their_runtime() -> None:
+    specs = engine_specs()
+    assert specs["onnxruntime"].runtime_modules == ("onnxruntime",)
+    assert specs["tflite"].distribution == "ai-edge-litert"
+    assert all(spec.host_cpu and spec.missing_runtime() is None for spec in specs.values())
+    # The calibration engine needs nothing but numpy.
+    assert specs["synthetic"].runtime_modules == ()
+    assert engine_version("onnxruntime") == version("onnxruntime")
+    assert engine_version("tflite") == version("ai-edge-litert")
+    assert engine_version("synthetic") == __version__
+    assert engine_modules()["synthetic"] == "vlab_backend.engines.synthetic_engine"
+
+
+def test_a_missing_runtime_is_found_without_importing_anything() -> None:
+    spec = EngineSpec("npu", "NPU", ("onnx",), runtime_modules=("numpy", "vlab_no_npu.driver"))
+    assert spec.missing_runtime() == "its runtime module 'vlab_no_npu' is not installed"
+    assert "vlab_no_npu" not in sys.modules
+    assert EngineSpec("cpu", "CPU", ("onnx",), runtime_modules=("numpy.linalg",)
+                      ).missing_runtime() is None
+
+
+@pytest.fixture
+def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The test engine package (`onnxref`) installed in this process."""
+    site = engine_package(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(site))
+    engines.clear_cache()
+    yield site
+    sys.modules.pop("vlab_onnxref", None)
+    engines.clear_cache()
+
+
+def test_an_installed_package_registers_its_engine(installed_plugin: Path,
+                                                   tmp_path: Path) -> None:
+    specs = engine_specs()
+    assert list(specs)[:4] == ["onnxruntime", "openvino", "tflite", "synthetic"]
+    spec = specs["onnxref"]
+    assert get_spec("onnxref") is spec and spec.formats == ("onnx",)
+    assert engine_version("onnxref") == "0.1.0"  # its distribution's
+    assert engine_modules()["onnxref"] == "vlab_onnxref"
+    assert spec.validate_parameters({"repeats": "3"}) == {"repeats": 3}
+    adapter = create_adapter("onnxref")
+    adapter.load(conv_model(tmp_path / "m.onnx"), {"repeats": 1}, threads=1)
+    [x] = adapter.inputs()
+    adapter.set_inputs([np.ones(x.shape, x.dtype)])
+    adapter.infer()
+    assert adapter.results()[0].shape == (1, 10)
+
+
+def test_a_broken_package_does_not_hide_the_other_engines(
+        installed_plugin: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine_package(installed_plugin, engine="broken")
+    (installed_plugin / "vlab_broken.py").write_text("raise ImportError('no driver')\n")
+    try:
+        assert {"onnxruntime", "synthetic", "onnxref"} <= set(engine_specs())
+        assert "broken" not in engine_specs()
+        assert "vlab_broken not loaded: ImportError: no driver" in caplog.text
+        with pytest.raises(KeyError, match="its entry point failed to load: ImportError: no "
+                                           "driver"):
+            get_spec("broken")
+    finally:
+        sys.modules.pop("vlab_broken", None)
+
+
+def run_harness(model: Path, out: Path, engine: str,
+                pythonpath: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return subprocess.run([sys.executable, "-m", "vlab_backend.harness", "--engine", engine,
+                           "--model", str(model), "--runs", "3", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_harness_finds_an_engine_through_its_entry_point(tmp_path: Path) -> None:
+    # The harness imports a built-in engine's module directly; any other name falls back to
+    # the entry-point scan.
+    site = engine_package(tmp_path / "site")
+    model = conv_model(tmp_path / "m.onnx")
+    done = run_harness(model, tmp_path / "out", "onnxref", str(site))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["inference_engine"] == "onnxref" and report["nb_inference"] == 3
+    assert report["engine_version"].startswith("onnx-reference ")
+    absent = run_harness(model, tmp_path / "out2", "onnxref", None)
+    assert absent.returncode == 2
+    assert absent.stderr.startswith("error: unknown engine 'onnxref'; known engines: ")
+
+
+def test_the_formats_of_an_engine_that_runs_here(installed_plugin: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from vlab_backend.engines.__main__ import main
+
+    engine_package(installed_plugin, engine="npu", runtime_modules=("vlab_no_npu_driver",))
+    try:
+        assert main(["openvino"]) == 0 and capsys.readouterr().out == "onnx tflite zip\n"
+        assert main(["onnxref"]) == 0 and capsys.readouterr().out == "onnx\n"
+        assert main(["npu"]) == 1
+        assert capsys.readouterr().out == ("engine 'npu' does not run here: its runtime module "
+                                           "'vlab_no_npu_driver' is not installed\n")
+        assert main(["tensorrt"]) == 1
+        assert capsys.readouterr().out.startswith("unknown engine 'tensorrt'; known engines: ")
+    finally:
+        sys.modules.pop("vlab_npu", None)

@@ -141,9 +141,11 @@ def test_server_secrets_do_not_reach_the_target(tmp_path: Path,
     monkeypatch.setenv("VLAB_TOKEN", "vlab_secret-token")
     monkeypatch.setenv("VLAB_DATABASE_URL", "postgresql://vlab:hunter2@db/vlab")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "xyz")
+    monkeypatch.setenv("PYTHONPATH", "/opt/engines")  # the harness finds the server's engines
     repo = make_repository(tmp_path / "repo", {"manager": 'env > "$VLAB_OUT_DIR/env.txt"'})
     job = make_job(tmp_path, repo)
     assert run_pipeline(job.root).exit_code == 0
     seen = (job.out / "env.txt").read_text()
     assert "secret-token" not in seen and "hunter2" not in seen and "xyz" not in seen
     assert "PATH=" in seen and "MODEL_FILENAME=" in seen
+    assert "PYTHONPATH=/opt/engines" in seen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,22 +14,48 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vlab_backend.runners import warm_client
-from vlab_backend.runners.warm import parse_reply, send_request
+from tests.models import conv_model, engine_package
+from vlab_backend import engines
+from vlab_backend.engines.base import EngineSpec
+from vlab_backend.runners import warm, warm_client
+from vlab_backend.runners.warm import engine_preloads, parse_reply, send_request
 
 CLIENT = str(Path(warm_client.__file__).resolve())
+
+
+def listening(path: Path) -> bool:
+    """Whether a Unix socket at `path` accepts connections (Linux's socket table): the worker
+    creates its socket file before it listens, and a client refused meanwhile starts cold."""
+    accepting = 0x10000  # __SO_ACCEPTCON
+    with open("/proc/net/unix") as table:
+        return any(len(fields) == 8 and fields[7] == str(path) and int(fields[3], 16) & accepting
+                   for fields in (line.split() for line in table))
+
+
+def start_worker(path: Path, cwd: Path, log: Path,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A warm worker for all cores, once it accepts connections. Started from `cwd`, which
+    is then on its module path: the tests' modules live there.
+
+    Without OpenVINO's telemetry: importing OpenVINO otherwise forks a process that tries to
+    send it, for up to 3 s, which would count among the worker's children and hold its
+    listening socket if forked after the socket exists."""
+    env = {**(env or os.environ), "CI": "true"}
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "vlab_backend.runners.warm", str(path),
+                                 ""], cwd=cwd, env=env, stdout=sink, stderr=sink)
+    deadline = time.monotonic() + 60
+    while not listening(path):
+        assert proc.poll() is None, f"the warm worker exited: {log.read_text()}"
+        assert time.monotonic() < deadline, "the warm worker did not start"
+        time.sleep(0.05)
+    return proc
 
 
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "worker.sock"
-    # Started from tmp_path, which is then on its module path: the tests' modules live there.
-    proc = subprocess.Popen([sys.executable, "-m", "vlab_backend.runners.warm", str(path), ""],
-                            cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert path.exists(), "the warm worker did not start"
+    proc = start_worker(path, tmp_path, tmp_path / "worker.log")
     yield path
     proc.terminate()
     proc.wait(timeout=10)
@@ -118,8 +145,9 @@ def worker_process(path: Path) -> psutil.Process:
 def test_runs_do_not_keep_a_dead_workers_socket_answering(worker: Path,
                                                           tmp_path: Path) -> None:
     connection, run = request_run(worker, tmp_path, detached=True)
-    worker_process(worker).kill()
-    time.sleep(0.2)
+    parent = worker_process(worker)
+    parent.kill()
+    psutil.wait_procs([parent], timeout=10)
     # The run lives on, but holds neither the listening socket nor its connection: a client
     # is refused at once (and falls back to a cold start) instead of waiting forever.
     assert run.is_running()
@@ -130,15 +158,74 @@ def test_runs_do_not_keep_a_dead_workers_socket_answering(worker: Path,
 
 
 def test_the_client_stops_its_run_when_the_worker_dies(worker: Path, tmp_path: Path) -> None:
-    write_module(tmp_path, "sleeper", "import time\ntime.sleep(30)\n")
+    # The run says who it is (in pid order, it might not be the worker's first child).
+    write_module(tmp_path, "sleeper", "import os, pathlib, time\n"
+                 "pathlib.Path('run.tmp').write_text(str(os.getpid()))\n"
+                 "os.replace('run.tmp', 'run.pid')\n"
+                 "time.sleep(30)\n")
     client = subprocess.Popen([sys.executable, "-I", "-S", CLIENT, str(worker), "sleeper"],
                               cwd=tmp_path)
     parent = worker_process(worker)
     deadline = time.monotonic() + 30
-    while not parent.children() and time.monotonic() < deadline:
+    while not (tmp_path / "run.pid").exists():
+        assert time.monotonic() < deadline and client.poll() is None, "the run did not start"
         time.sleep(0.05)
-    (run,) = parent.children()
+    run = psutil.Process(int((tmp_path / "run.pid").read_text()))
+    assert run.ppid() == parent.pid
     parent.kill()
     assert client.wait(timeout=30) == 1
     _gone, alive = psutil.wait_procs([run], timeout=10)
     assert not alive
+
+
+def test_engine_preloads_follow_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    preloads = engine_preloads()
+    for module in ("vlab_backend.engines.onnxruntime_engine", "onnxruntime", "openvino",
+                   "ai_edge_litert.interpreter", "vlab_backend.engines.synthetic_engine"):
+        assert module in preloads
+    specs = {
+        "cpu": EngineSpec("cpu", "CPU", ("onnx",), runtime_modules=("numpy.fft",)),
+        "npu": EngineSpec("npu", "NPU", ("onnx",), runtime_modules=("vlab_no_npu_driver",)),
+        "gpu": EngineSpec("gpu", "GPU", ("onnx",), runtime_modules=("json",), preload=False),
+        "tflm": EngineSpec("tflm", "TFLM", ("tflite",), runtime_modules=("array",),
+                           host_cpu=False),
+    }
+    monkeypatch.setattr(engines, "engine_specs", lambda: specs)
+    monkeypatch.setattr(engines, "engine_modules", lambda: {n: f"m_{n}" for n in specs})
+    # Adapter modules always (they import their runtime lazily); runtimes where installed and
+    # safe to import before a fork; nothing of an engine that never runs on a CPU host.
+    assert engine_preloads() == ["m_cpu", "numpy.fft", "m_npu", "m_gpu"]
+    assert warm.BASE_PRELOADED[:3] == ("numpy", "numpy.random", "psutil")
+
+
+def test_a_worker_preloads_an_installed_engine_and_survives_broken_ones(
+        tmp_path: Path) -> None:
+    site = engine_package(tmp_path / "site")
+    # An engine whose runtime is not installed, and one whose runtime fails on import.
+    engine_package(site, engine="absent", runtime_modules=("vlab_absent_runtime",))
+    engine_package(site, engine="failing", runtime_modules=("vlab_failing_runtime",))
+    (site / "vlab_failing_runtime.py").write_text("raise RuntimeError('no device')\n")
+    path, log = tmp_path / "worker.sock", tmp_path / "worker.log"
+    proc = start_worker(path, tmp_path, log, env={**os.environ, "PYTHONPATH": str(site)})
+    try:
+        assert log.read_text() == ("warm worker: vlab_failing_runtime not preloaded "
+                                   "(RuntimeError: no device)\n")
+        write_module(tmp_path, "probe", "import sys\n"
+                     "print(*(m in sys.modules for m in sys.argv[1:]))\n")
+        done = subprocess.run([sys.executable, "-I", "-S", CLIENT, str(path), "probe",
+                               "vlab_onnxref", "onnx.reference", "vlab_absent"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.stdout.split() == ["True", "True", "True"]
+        # The harness forked from the worker finds the engine through the preloaded registry.
+        model = conv_model(tmp_path / "m.onnx")
+        done = subprocess.run([sys.executable, "-I", "-S", CLIENT, str(path),
+                               "vlab_backend.harness", "--engine", "onnxref", "--model",
+                               str(model), "--runs", "3", "--out", "out"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        assert report["inference_engine"] == "onnxref"
+        assert report["worker"]["warm"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

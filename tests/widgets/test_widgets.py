@@ -38,9 +38,9 @@ def test_launcher_is_fed_by_the_api_and_filters_engines(lab: Lab, small_onnx: Pa
     upload(launcher, small_onnx)
     assert launcher.models[launcher.model.value]["filename"] == "small_conv.onnx"
     assert "2,672 parameters" in launcher.model_summary.value
-    assert list(launcher.engine.options) == ["onnxruntime", "openvino"]
+    assert list(launcher.engine.options) == ["onnxruntime", "openvino", "synthetic"]
     upload(launcher, face_tflite)
-    assert list(launcher.engine.options) == ["openvino", "tflite"]
+    assert list(launcher.engine.options) == ["openvino", "synthetic", "tflite"]
     assert not launcher.launch.disabled
 
 

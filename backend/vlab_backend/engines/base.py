@@ -98,10 +98,42 @@ COMMON_PARAMETERS: tuple[ParameterSpec, ...] = (
 
 @dataclass(frozen=True)
 class EngineSpec:
+    """What an engine declares: enough for the API to list, validate and offer it without
+    importing its runtime.
+
+    `runtime_modules`: the modules the adapter imports to run (e.g. `onnxruntime`). An engine
+    is offered on a CPU host only where their top-level packages are installed, and a warm
+    worker imports them before it forks its runs, unless `preload` is False (a runtime that
+    starts threads or opens a device on import is not safe to import before a fork).
+    `distribution`: the distribution whose version is the engine's version; by default the
+    one that provides the engine module. `host_cpu`: the engine runs in the harness on a CPU
+    host, so `host-cpu` offers it; False for an engine that only exists on other targets (a
+    microcontroller's runtime, driven by that target's repository).
+    """
+
     name: str
     display_name: str
     formats: tuple[str, ...]
     parameters: tuple[ParameterSpec, ...] = field(default_factory=tuple)
+    runtime_modules: tuple[str, ...] = ()
+    distribution: str = ""
+    host_cpu: bool = True
+    preload: bool = True
+
+    def missing_runtime(self) -> str | None:
+        """Why this engine cannot run in this Python environment (a runtime package is not
+        installed), or None. Finds the packages without importing them."""
+        import importlib.util
+
+        for module in self.runtime_modules:
+            top = module.partition(".")[0]
+            try:
+                found = importlib.util.find_spec(top) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                return f"its runtime module {top!r} is not installed"
+        return None
 
     @property
     def all_parameters(self) -> tuple[ParameterSpec, ...]:

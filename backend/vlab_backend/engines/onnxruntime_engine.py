@@ -21,6 +21,8 @@ SPEC = EngineSpec(
     name="onnxruntime",
     display_name="ONNX Runtime (CPU)",
     formats=("onnx",),
+    runtime_modules=("onnxruntime",),
+    distribution="onnxruntime",
     parameters=(
         ParameterSpec("graph_optimization_level", "enum", "all",
                       "graph optimisations applied when the session is created",

@@ -20,6 +20,8 @@ SPEC = EngineSpec(
     name="openvino",
     display_name="OpenVINO (CPU)",
     formats=("onnx", "tflite", "zip"),  # zip: OpenVINO IR (.xml + .bin) in one archive
+    runtime_modules=("openvino",),
+    distribution="openvino",
     parameters=(
         ParameterSpec("performance_hint", "enum", "LATENCY",
                       "OpenVINO performance hint", choices=("LATENCY", "THROUGHPUT")),

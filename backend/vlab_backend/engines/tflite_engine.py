@@ -14,6 +14,8 @@ SPEC = EngineSpec(
     name="tflite",
     display_name="LiteRT / TensorFlow Lite (CPU)",
     formats=("tflite",),
+    runtime_modules=("ai_edge_litert.interpreter",),
+    distribution="ai-edge-litert",
     parameters=(
         ParameterSpec("use_xnnpack", "boolean", True, "apply the XNNPACK delegate"),
     ),

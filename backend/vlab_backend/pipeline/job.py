@@ -26,9 +26,10 @@ def timestamped(filename: str) -> str:
 
 
 # The only variables of the server's environment that target scripts see: nothing secret
-# (tokens, database URLs) can leak into their logs.
+# (tokens, database URLs) can leak into their logs. PYTHONPATH: the harness runs in the
+# server's interpreter (VLAB_PYTHON) and must find the engines the server found.
 INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
-             "VIRTUAL_ENV", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+             "VIRTUAL_ENV", "PYTHONPATH", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 INHERITED_PREFIXES = ("LC_", "OMP_", "MKL_")
 
 

@@ -32,23 +32,45 @@ import threading
 from pathlib import Path
 from typing import Any
 
-PRELOADED = ("numpy", "numpy.random", "psutil", "onnxruntime", "openvino",
-             "ai_edge_litert.interpreter",
-             "vlab_backend.pipeline.job",
-             "vlab_backend.harness.__main__", "vlab_backend.engines.onnxruntime_engine",
-             "vlab_backend.engines.openvino_engine", "vlab_backend.engines.tflite_engine")
+# What every warm worker imports before it forks, whatever the engines: the pipeline, the
+# harness and their dependencies. The engines add theirs (`engine_preloads`).
+BASE_PRELOADED = ("numpy", "numpy.random", "psutil", "vlab_backend.pipeline.job",
+                  "vlab_backend.harness.__main__")
+
+
+def engine_preloads() -> list[str]:
+    """The modules of the registered engines that run on a CPU host: each adapter module
+    and, where the spec allows preloading and the runtime is installed, its runtime modules.
+    Imports the adapter modules (and scans the entry points) to find them."""
+    from vlab_backend.engines import engine_modules, engine_specs
+
+    modules = engine_modules()
+    preloads = []
+    for name, spec in engine_specs().items():
+        if not spec.host_cpu:
+            continue
+        preloads.append(modules[name])
+        if spec.preload and spec.missing_runtime() is None:
+            preloads.extend(spec.runtime_modules)
+    return preloads
 
 
 def preload() -> None:
     import importlib
 
-    for name in PRELOADED:
+    for name in BASE_PRELOADED:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
-    from vlab_backend.engines import engine_specs
     from vlab_backend.harness.__main__ import argument_parser
 
-    engine_specs()  # the entry-point scan, once
+    # An engine whose runtime fails to import is not preloaded; its runs fail, or load it
+    # themselves, as they would without a warm worker. The worker itself never fails on it.
+    for name in engine_preloads():
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            print(f"warm worker: {name} not preloaded ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
     argument_parser().format_help()  # compiles argparse's regular expressions into re's cache
     # Everything loaded so far is never collected: children then do not touch (and copy) the
     # parent's pages when their garbage collector runs.
@@ -229,6 +251,10 @@ def _report_exit(connection: socket.socket, pid: int) -> None:
         connection.sendall(f"exit {code}\n".encode())
 
 
+# Written to the worker's stderr (the server's log) once it takes requests.
+READY_LINE = "vlab warm worker ready on cores"
+
+
 def serve(socket_path: Path, cores: set[int]) -> None:
     if cores:
         os.sched_setaffinity(0, cores)
@@ -241,10 +267,17 @@ def serve(socket_path: Path, cores: set[int]) -> None:
     _hold(server.fileno())
     runs: list[threading.Thread] = []
     try:
-        server.bind(str(socket_path))
-        socket_path.chmod(0o600)
+        # Bound and listening under another name, then renamed: once the socket's path
+        # exists, it accepts connections.
+        pending = socket_path.with_name(socket_path.name + ".new")
+        pending.unlink(missing_ok=True)
+        server.bind(str(pending))
+        pending.chmod(0o600)
         server.listen(8)
+        os.replace(pending, socket_path)
         server.settimeout(0.5)
+        print(f"{READY_LINE} {','.join(map(str, sorted(cores))) or 'all'}", file=sys.stderr,
+              flush=True)
         # Stop taking work when told to or when the server is gone; runs in flight finish
         # first, so that a server restart re-adopts them as it does without warm workers.
         while not stop.is_set() and os.getppid() == parent:

@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Step 1: check that the model suits the requested engine and benchmark type.
+# The lab gives the engine's model formats with the job (VLAB_ENGINE_FORMATS="onnx tflite",
+# from its engine registry), so that any registered engine runs on this target and this step,
+# on the path of every job, starts no interpreter. Where the job does not carry them, the
+# engine registry of this host's VLab Python (VLAB_PYTHON) is asked instead.
 source "$FUNCTIONS_PATH/exit_functions.sh"
 
-case "$RUNTIME" in
-    onnxruntime) formats="onnx" ;;
-    openvino) formats="onnx tflite zip" ;;
-    tflite) formats="tflite" ;;
-    *) error_log_print "engine $RUNTIME is not offered by target $TARGET"; exit 1 ;;
-esac
+formats="${VLAB_ENGINE_FORMATS:-}"
+if [[ -z "${formats//[ ,]/}" ]]; then
+    if [[ -z "${VLAB_PYTHON:-}" ]]; then
+        error_log_print "engine $RUNTIME is not offered by target $TARGET (no VLAB_ENGINE_FORMATS: the lab gives each offered engine's model formats)"
+        exit 1
+    fi
+    if ! formats="$("$VLAB_PYTHON" -m vlab_backend.engines "$RUNTIME" 2>/dev/null)"; then
+        error_log_print "engine $RUNTIME is not offered by target $TARGET: ${formats:-$VLAB_PYTHON has no VLab engine registry}"
+        exit 1
+    fi
+fi
+formats="${formats//,/ }"
 extension="${MODEL_FILENAME##*.}"
-if [[ " $formats " != *" ${extension,,} "* ]]; then
+if [[ " ${formats,,} " != *" ${extension,,} "* ]]; then
     error_log_print "engine $RUNTIME cannot run .$extension models (it runs: $formats)"
     exit 1
 fi
