@@ -20,7 +20,15 @@ from sqlalchemy.orm import Session
 from vlab_backend.blobstore import BlobStore
 from vlab_backend.catalog import EngineProfile, engine_profile
 from vlab_backend.intake import ModelInfo, ModelRejected, inspect_model
-from vlab_backend.store.schema import Benchmark, Dataset, StoredModel, TargetInstance, User
+from vlab_backend.store.schema import (
+    Benchmark,
+    Dataset,
+    Status,
+    StoredModel,
+    TargetInstance,
+    User,
+)
+from vlab_kernel.defaults import DEFAULT_NB_INFERENCE
 
 SUPPORTED_RUN_TYPES = ("TYPE1", "TYPE2", "TYPE3")
 INSPECTED_EXTENSIONS = (".onnx", ".tflite", ".zip")
@@ -39,7 +47,7 @@ class RunRequest:
     target_type: str
     engine: str
     benchmark_type: str = "TYPE1"
-    nb_inference: int = 20
+    nb_inference: int = DEFAULT_NB_INFERENCE
     target_uids: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     dataset_name: str | None = None
@@ -188,7 +196,7 @@ def create_benchmark(session: Session, user: User, request: RunRequest,
         engine=request.engine, benchmark_type=request.benchmark_type,
         nb_inference=request.nb_inference, requested_uids=request.target_uids,
         parameters=request.parameters, model_id=model.id, model_filename=model.filename,
-        model_sha256=model.sha256, dataset_name=request.dataset_name, status="pending",
+        model_sha256=model.sha256, dataset_name=request.dataset_name, status=Status.PENDING,
         public=request.public)
     session.add(bench)
     session.flush()
@@ -199,6 +207,18 @@ def blob_unreferenced(session: Session, digest_column: Any, sha256: str) -> bool
     """After a row was deleted: whether no other row still uses the blob `sha256`."""
     session.flush()
     return session.scalar(select(digest_column).where(digest_column == sha256).limit(1)) is None
+
+
+def delete_stored(session: Session, row: StoredModel | Dataset, store: BlobStore) -> None:
+    """Delete a model or dataset row, and its blob if no other row uses it. Commits first:
+    a blob is never gone while a row still names it."""
+    digest_column = StoredModel.sha256 if isinstance(row, StoredModel) else Dataset.sha256
+    sha = row.sha256
+    session.delete(row)
+    orphan = blob_unreferenced(session, digest_column, sha)
+    session.commit()
+    if orphan:
+        store.remove(sha)
 
 
 T = TypeVar("T")

@@ -55,10 +55,38 @@ def test_status_needs_no_token_but_everything_else_does(server: LiveServer) -> N
 def test_config_lists_targets_engines_and_parameters(server: LiveServer) -> None:
     with server.client() as client:
         config = client.get("/api/benchmarks/config").json()
-    assert set(config["devices"]["host-cpu"]["engines"]) == {"onnxruntime", "openvino", "tflite"}
+    assert {"onnxruntime", "openvino", "tflite"} <= set(config["devices"]["host-cpu"]["engines"])
     keys = [p["key"] for p in config["runtimes"]["onnxruntime"]["parameters"]]
     assert "threads" in keys and "graph_optimization_level" in keys
     assert config["runtimes"]["tflite"]["supported_file_extensions"] == [".tflite"]
+
+
+def test_config_full_adds_descriptions_and_instances(server: LiveServer) -> None:
+    with server.client() as client:
+        compact = client.get("/api/benchmarks/config").json()
+        # The dAIEdge client sends `full=False` (or `True`) spelled as Python prints it.
+        assert client.get("/api/benchmarks/config", params={"full": "False"}).json() == compact
+        full = client.get("/api/benchmarks/config", params={"full": "True"}).json()
+    device = compact["devices"]["host-cpu"]
+    assert set(device) == {"instances", "engines"}
+    assert set(compact["runtimes"]["onnxruntime"]) == {"display_name", "parameters",
+                                                       "supported_file_extensions"}
+    # `full` only adds keys: what the compact answer says stays as it is.
+    for name, entry in compact["devices"].items():
+        assert {k: full["devices"][name][k] for k in entry} == entry
+    for name, entry in compact["runtimes"].items():
+        assert {k: full["runtimes"][name][k] for k in entry} == entry
+    assert full["limits"] == compact["limits"]
+    detailed = full["devices"]["host-cpu"]
+    assert detailed["display_name"] == "host-cpu" and "description" in detailed
+    assert [i["target_uid"] for i in detailed["instance_details"]] == device["instances"]
+    first = detailed["instance_details"][0]
+    assert first["host"] == "localhost"
+    assert first["engines"]["onnxruntime"]["version"]
+    assert first["engines"]["onnxruntime"]["supported_types"] == \
+        device["engines"]["onnxruntime"]["supported_types"]
+    assert full["runtimes"]["onnxruntime"]["builtin"] is True
+    assert "description" in full["runtimes"]["onnxruntime"]
 
 
 def test_benchmark_lifecycle_and_artifacts(server: LiveServer, small_onnx: Path) -> None:

@@ -32,6 +32,9 @@ def test_configuration_and_parameters(vlab: dAIEdgeVLabAPI) -> None:
     assert "host-cpu" in config["devices"]
     keys = [p["key"] for p in vlab.getAvailableParameters("onnxruntime")]
     assert "graph_optimization_level" in keys
+    full = vlab.getAvailableConfigurations(full=True)
+    assert full["devices"]["host-cpu"]["instance_details"]
+    assert set(config["devices"]["host-cpu"]) == {"instances", "engines"}
 
 
 def test_benchmark_with_a_file_then_with_a_model_ref(vlab: dAIEdgeVLabAPI, squeezenet: Path,

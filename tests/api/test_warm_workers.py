@@ -11,14 +11,16 @@ import pytest
 
 from tests.api.test_benchmarks_api import submit
 from tests.server import LiveServer, wait_status, wait_terminal
+from vlab_backend.jobdir import JobDir
+from vlab_backend.runners.local import ProcessRef
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def warm_server(tmp_path: Path) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path / "data", ["--warm-workers"]).start()
-    time.sleep(2)  # let the workers import the engines
+    live = LiveServer(tmp_path / "data").start()  # warm workers are the default
+    live.wait_for_warm_workers()
     yield live
     live.stop()
 
@@ -49,8 +51,9 @@ def start_long_run(server: LiveServer, model: Path, uid: str, seconds: float) ->
 def test_cancel_stops_a_warm_run(warm_server: LiveServer, small_onnx: Path) -> None:
     bench_id = start_long_run(warm_server, small_onnx, "host-cpu-1", 60)
     # Both the pipeline and the harness are forks of the instance's worker.
-    pipeline_pid = int((warm_server.data_dir / "jobs" / bench_id / "pid").read_text()
-                       .split(":")[0])
+    ref = JobDir(warm_server.data_dir / "jobs" / bench_id).recorded_reference()
+    assert ref is not None
+    pipeline_pid = ProcessRef.parse(ref).pid
     pipeline = psutil.Process(pipeline_pid)
     worker = pipeline.parent()
     assert worker is not None and "vlab_backend.runners.warm" in worker.cmdline()
@@ -76,3 +79,24 @@ def test_a_warm_run_survives_a_server_crash(warm_server: LiveServer, small_onnx:
         assert final["status"] == "success", final
         # Started before or after the crash, warm or not, the run finished once.
         assert client.get(f"/api/benchmarks/{bench_id}/results").json()["nb_inference"] >= 5
+
+
+def test_a_warm_run_reports_the_peak_memory_of_a_cold_one(warm_server: LiveServer,
+                                                          tmp_path: Path,
+                                                          squeezenet: Path) -> None:
+    """A fork shares the worker's preloaded pages; the report must not count them as the
+    model's: peak memory stays within 5 % of what a cold harness reports."""
+    cold_server = LiveServer(tmp_path / "cold", ["--no-warm-workers"]).start()
+    peaks: dict[bool, int] = {}
+    try:
+        for server in (warm_server, cold_server):
+            with server.client() as client:
+                bench_id = submit(client, squeezenet, nb_inference="5",
+                                  target_uids=["host-cpu-0"]).json()["id"]
+                assert wait_terminal(client, bench_id)["status"] == "success"
+                report = client.get(f"/api/benchmarks/{bench_id}/results").json()
+            peaks[report["worker"]["warm"]] = report["peak_memory_bytes"]
+    finally:
+        cold_server.stop()
+    assert set(peaks) == {True, False}
+    assert abs(peaks[True] - peaks[False]) <= 0.05 * peaks[False], peaks

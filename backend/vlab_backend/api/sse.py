@@ -10,6 +10,10 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 KEEP_ALIVE_S = 15.0
+# How the OpenAPI document describes a stream route's answer.
+STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "server-sent events: `data: <JSON>` messages and keep-alive comments",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
 
 def message(event: dict[str, Any]) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 from vlab_backend.auth import AuthError, TokenService
 from vlab_backend.config import Settings
@@ -30,12 +32,20 @@ def get_state(request: Request) -> AppState:
     return state
 
 
+def db_session(state: Annotated[AppState, Depends(get_state)]) -> Iterator[Session]:
+    """The request's session: committed when the route returns, rolled back if it raises."""
+    with state.db.session() as session:
+        yield session
+
+
 _bearer = HTTPBearer(auto_error=False)
 
 
 def current_user(state: Annotated[AppState, Depends(get_state)],
                  credentials: Annotated[HTTPAuthorizationCredentials | None,
                                         Depends(_bearer)]) -> User:
+    """The caller. A session of its own, closed at once: an upload that streams in for
+    minutes holds no database connection."""
     if credentials is None:
         raise HTTPException(401, "authentication required: send 'Authorization: Bearer <token>'",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -53,5 +63,8 @@ def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+# Scope "function": the commit happens before the answer is sent, so a client that reads
+# right after a write sees it (the default scope would commit after the response).
+SessionDep = Annotated[Session, Depends(db_session, scope="function")]
 UserDep = Annotated[User, Depends(current_user)]
 AdminDep = Annotated[User, Depends(admin_user)]

@@ -16,7 +16,6 @@ ProgressFn = Callable[[str, int, int], None]
 @dataclass
 class Timings:
     warmup_runs: int = 0
-    warmup_s: float = 0.0
     first_inference_s: float = 0.0
     samples_s: list[float] = field(default_factory=list)
 
@@ -34,7 +33,6 @@ def warm_up(adapter: EngineAdapter, inputs: list[np.ndarray], min_runs: int, min
         adapter.infer()
         runs += 1
     timings.warmup_runs = runs
-    timings.warmup_s = clock() - start
 
 
 PROGRESS_INTERVAL_S = 0.25  # progress reports are rare so that they cost the target nothing

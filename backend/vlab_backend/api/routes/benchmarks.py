@@ -5,22 +5,53 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from vlab_backend.api import sse
+from vlab_backend.api.deps import (
+    VisibleBenchmark,
+    get_benchmark_or_404,
+    get_owned_benchmark,
+    submission_errors,
+)
 from vlab_backend.api.results import Layout, encode, table_query
-from vlab_backend.api.state import AppState, StateDep, UserDep
+from vlab_backend.api.schemas import (
+    ERRORS,
+    BenchmarkConfig,
+    BenchmarkDeleted,
+    BenchmarkStatus,
+    BenchmarkView,
+    Canceled,
+    ConfiguredEngine,
+    ConfiguredInstance,
+    DeviceConfig,
+    EngineTypes,
+    ErrorAnswer,
+    History,
+    LayerTime,
+    Limits,
+    ParameterSpecView,
+    Report,
+    ResultColumns,
+    ResultRow,
+    RuntimeConfig,
+    Submitted,
+)
+from vlab_backend.api.state import AppState, SessionDep, StateDep, UserDep
 from vlab_backend.api.uploads import safe_filename, save_upload
-from vlab_backend.api.views import benchmark_view
+from vlab_backend.api.views import benchmark_status, benchmark_view
 from vlab_backend.blobstore import sha256_file
 from vlab_backend.catalog import engine_profile
+from vlab_backend.config import Settings
+from vlab_backend.engines import engine_specs
 from vlab_backend.intake import ModelInfo
 from vlab_backend.scheduler import benchmark_event
 from vlab_backend.store.schema import (
@@ -28,12 +59,13 @@ from vlab_backend.store.schema import (
     TERMINAL_STATUSES,
     Benchmark,
     EngineFamily,
+    HardwareType,
+    Status,
     TargetInstance,
     User,
 )
 from vlab_backend.submission import (
     RunRequest,
-    SubmissionError,
     check_dataset_fits,
     check_format,
     check_request,
@@ -46,8 +78,16 @@ from vlab_backend.submission import (
     store_model,
     visible,
 )
+from vlab_kernel.defaults import DEFAULT_NB_INFERENCE
 
-router = APIRouter(tags=["benchmarks"])
+router = APIRouter(tags=["benchmarks"], responses=ERRORS)
+
+# The artifact endpoints' answers besides 200, as the dAIEdge client reads them.
+ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    204: {"description": "the benchmark ended without producing this artifact"},
+    428: {"model": ErrorAnswer, "description": "the benchmark has not ended yet"},
+}
+NO_CONTENT = 204
 
 
 def parse_json_field(raw: str | None, what: str, kind: type) -> Any:
@@ -68,7 +108,7 @@ async def run_benchmark(
     user: UserDep,
     device: Annotated[str, Form(description="target type, e.g. host-cpu")],
     engine: Annotated[str, Form(description="inference engine, e.g. onnxruntime")],
-    nb_inference: Annotated[int, Form()] = 20,
+    nb_inference: Annotated[int, Form()] = DEFAULT_NB_INFERENCE,
     target_uids: Annotated[str | None, Form(description="JSON list of instance uids")] = None,
     parameters: Annotated[str | None, Form(description="JSON object")] = None,
     dataset_name: Annotated[str | None, Form()] = None,
@@ -76,7 +116,7 @@ async def run_benchmark(
     model_ref: Annotated[str | None, Form()] = None,
     public: Annotated[bool, Form()] = False,
     model: UploadFile | None = None,
-) -> dict[str, Any]:
+) -> Submitted:
     """Submit a benchmark of an uploaded `model` file or a stored `model_ref`."""
     uids = parse_json_field(target_uids, "target_uids", list)
     request = RunRequest(
@@ -87,11 +127,7 @@ async def run_benchmark(
         model_ref=model_ref, public=public)
     if model is None and not model_ref:
         raise HTTPException(400, "send a model file (part 'model') or a model_ref")
-    with state.db.session() as session:
-        try:
-            check_request(session, request, state.settings.max_nb_inference)
-        except SubmissionError as exc:
-            raise HTTPException(exc.status, str(exc)) from exc
+    await run_in_threadpool(_check, state, request)
     upload = None
     if model is not None and model.filename:
         upload = await save_upload(model, state.settings.tmp_dir, state.settings.max_model_bytes,
@@ -102,121 +138,163 @@ async def run_benchmark(
     finally:
         discard(upload)
     state.scheduler.wake()
-    return {"id": bench_id, "status": "pending"}
+    return Submitted(id=bench_id, status=Status.PENDING)
+
+
+def _check(state: AppState, request: RunRequest) -> None:
+    """The checks that need no upload, before the model streams in."""
+    with state.db.session() as session, submission_errors():
+        check_request(session, request, state.settings.max_nb_inference)
 
 
 def _accept(state: AppState, user: User, request: RunRequest, model: UploadFile | None,
             upload: Path | None) -> str:
     filename = safe_filename(model.filename if model else None, "model")
-    try:
-        with state.db.session() as session:
-            profile = engine_profile(session, request.engine)
-            dataset = (resolve_dataset(session, user, request.dataset_name)
-                       if request.dataset_name else None)
-            if upload is not None:
-                info = intake_upload(upload, filename, profile)
-                if dataset is not None:
-                    check_dataset_fits(dataset, info)
-                stored = store_model(session, state.scheduler.models, user, upload, filename,
-                                     info, sha256_file(upload))
-            else:
-                stored = resolve_model_ref(session, user, request.model_ref or "")
-                info = ModelInfo.from_dict(stored.info)
-                if profile is not None:
-                    check_format(stored.format, profile)
-                if dataset is not None:
-                    check_dataset_fits(dataset, info)
-            if request.benchmark_type == "TYPE2" and dataset is not None and info.input_bytes:
-                request.nb_inference = dataset.size // info.input_bytes
-            bench = create_benchmark(session, user, request, stored)
-            state.hub.publish(bench.id, benchmark_event(bench))
-            return bench.id
-    except SubmissionError as exc:
-        raise HTTPException(exc.status, str(exc)) from exc
+    with submission_errors(), state.db.session() as session:
+        profile = engine_profile(session, request.engine)
+        dataset = (resolve_dataset(session, user, request.dataset_name)
+                   if request.dataset_name else None)
+        if upload is not None:
+            info = intake_upload(upload, filename, profile)
+            if dataset is not None:
+                check_dataset_fits(dataset, info)
+            stored = store_model(session, state.scheduler.models, user, upload, filename,
+                                 info, sha256_file(upload))
+        else:
+            stored = resolve_model_ref(session, user, request.model_ref or "")
+            info = ModelInfo.from_dict(stored.info)
+            if profile is not None:
+                check_format(stored.format, profile)
+            if dataset is not None:
+                check_dataset_fits(dataset, info)
+        if request.benchmark_type == "TYPE2" and dataset is not None and info.input_bytes:
+            request.nb_inference = dataset.size // info.input_bytes
+        bench = create_benchmark(session, user, request, stored)
+        state.hub.publish(bench.id, benchmark_event(bench))
+        return bench.id
 
 
-@router.get("/api/benchmarks/config")
-def benchmark_config(state: StateDep, user: UserDep, full: bool = False) -> dict[str, Any]:
+# The dAIEdge client always sends `full` (False unless asked), so its default answer must stay
+# what it has always been: `full` only adds keys.
+@router.get("/api/benchmarks/config", response_model_exclude_unset=True)
+def benchmark_config(state: StateDep, session: SessionDep, user: UserDep,
+                     full: Annotated[bool, Query(description=(
+                         "also each target type's description and instances (host, memory, "
+                         "engine versions), and each engine's description"))] = False,
+                     ) -> BenchmarkConfig:
     """Targets with their engines, and every engine's parameters and file types."""
-    with state.db.session() as session:
-        instances = session.scalars(select(TargetInstance).where(
-            TargetInstance.enabled.is_(True)).order_by(TargetInstance.uid)).all()
-    devices: dict[str, Any] = {}
+    return configuration(session, state.settings, full)
+
+
+def configuration(session: Session, settings: Settings, full: bool) -> BenchmarkConfig:
+    """What `/api/benchmarks/config` answers; the `full` keys are set only when asked for."""
+    instances = session.scalars(select(TargetInstance).where(
+        TargetInstance.enabled.is_(True)).order_by(TargetInstance.uid)).all()
+    by_type: dict[str, list[TargetInstance]] = {}
     for instance in instances:
-        device = devices.setdefault(instance.target_type, {"instances": [], "engines": {}})
-        device["instances"].append(instance.uid)
-        for name, offer in instance.engines.items():
-            types = device["engines"].setdefault(name, {"supported_types": []})
-            types["supported_types"] = sorted(set(types["supported_types"])
-                                              | set(offer.get("supported_types", [])))
-    with state.db.session() as session:
-        families = session.scalars(select(EngineFamily).order_by(EngineFamily.name)).all()
-        runtimes = {}
-        for family in families:
-            profile = engine_profile(session, family.name)
-            assert profile is not None
-            runtimes[family.name] = {
-                "display_name": family.display_name,
-                "parameters": [p.as_dict() for p in profile.parameters.values()],
-                "supported_file_extensions": profile.extensions}
-    return {"devices": devices, "runtimes": runtimes,
-            "limits": {"max_model_bytes": state.settings.max_model_bytes,
-                       "max_dataset_bytes": state.settings.max_dataset_bytes,
-                       "max_nb_inference": state.settings.max_nb_inference}}
-
-
-def _history(session: Session, query: Any, page: int, page_length: int) -> dict[str, Any]:
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Benchmark.seq.desc())
-                           .offset((page - 1) * page_length).limit(page_length)).all()
-    return {"count": total, "page": page, "page_length": page_length,
-            "results": [benchmark_view(b) for b in rows]}
-
-
-def _filtered(engine: str | None, platform: str | None, benchmark_type: str | None,
-              model: str | None, status: str | None) -> Any:
-    if status is not None and status not in ALL_STATUSES:
-        raise HTTPException(400, f"status must be one of {', '.join(ALL_STATUSES)}")
-    query = select(Benchmark)
-    for column, value in ((Benchmark.engine, engine), (Benchmark.target_type, platform),
-                          (Benchmark.benchmark_type, benchmark_type),
-                          (Benchmark.status, status)):
-        if value:
-            query = query.where(column == value)
-    if model:
-        query = query.where(Benchmark.model_filename.contains(model))
-    return query
+        by_type.setdefault(instance.target_type, []).append(instance)
+    devices = {}
+    for target_type, members in by_type.items():
+        types: dict[str, set[str]] = {}
+        for instance in members:
+            for name, offer in instance.engines.items():
+                types.setdefault(name, set()).update(offer.get("supported_types", []))
+        device = DeviceConfig(
+            instances=[i.uid for i in members],
+            engines={name: EngineTypes(supported_types=sorted(supported))
+                     for name, supported in types.items()})
+        if full:
+            row = session.get(HardwareType, target_type)
+            device.display_name = (row.display_name if row else "") or target_type
+            device.description = row.description if row else ""
+            device.instance_details = [ConfiguredInstance(
+                target_uid=i.uid, host=i.host, memory=i.memory,
+                engines={name: ConfiguredEngine(version=offer.get("version", ""),
+                                                supported_types=offer.get("supported_types", []))
+                         for name, offer in i.engines.items()}) for i in members]
+        devices[target_type] = device
+    runtimes = {}
+    for family in session.scalars(select(EngineFamily).order_by(EngineFamily.name)).all():
+        profile = engine_profile(session, family.name)
+        assert profile is not None
+        runtime = RuntimeConfig(
+            display_name=family.display_name,
+            parameters=[ParameterSpecView.model_validate(p.as_dict())
+                        for p in profile.parameters.values()],
+            supported_file_extensions=profile.extensions)
+        if full:
+            runtime.description = family.description
+            runtime.builtin = family.name in engine_specs()
+        runtimes[family.name] = runtime
+    return BenchmarkConfig(devices=devices, runtimes=runtimes, limits=Limits(
+        max_model_bytes=settings.max_model_bytes, max_dataset_bytes=settings.max_dataset_bytes,
+        max_nb_inference=settings.max_nb_inference))
 
 
 Page = Annotated[int, Query(ge=1, le=1_000_000)]
 PageLength = Annotated[int, Query(ge=1, le=1000)]
 
 
+@dataclass
+class Filters:
+    """The history filters of the dAIEdge client (`status` one of the six statuses)."""
+
+    engine: str | None = None
+    platform: str | None = None
+    benchmark_type: str | None = None
+    model: str | None = None
+    status: str | None = None
+
+
+@dataclass
+class HistoryQuery(Filters):
+    page: Page = 1
+    page_length: PageLength = 100
+
+
+def _filtered(filters: Filters) -> Select[Any]:
+    if filters.status is not None and filters.status not in ALL_STATUSES:
+        raise HTTPException(400, f"status must be one of {', '.join(ALL_STATUSES)}")
+    query = select(Benchmark)
+    for column, value in ((Benchmark.engine, filters.engine),
+                          (Benchmark.target_type, filters.platform),
+                          (Benchmark.benchmark_type, filters.benchmark_type),
+                          (Benchmark.status, filters.status)):
+        if value:
+            query = query.where(column == value)
+    if filters.model:
+        query = query.where(Benchmark.model_filename.contains(filters.model))
+    return query
+
+
+def _page(session: Session, query: Select[Any], page: int, page_length: int) -> History:
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Benchmark.seq.desc())
+                           .offset((page - 1) * page_length).limit(page_length)).all()
+    return History(count=total, page=page, page_length=page_length,
+                   results=[benchmark_view(b) for b in rows])
+
+
 @router.get("/api/benchmarks")
-def history(state: StateDep, user: UserDep, engine: str | None = None,
-            platform: str | None = None, benchmark_type: str | None = None,
-            model: str | None = None, status: str | None = None, page: Page = 1,
-            page_length: PageLength = 100) -> dict[str, Any]:
+def history(session: SessionDep, user: UserDep,
+            query: Annotated[HistoryQuery, Depends()]) -> History:
     """The caller's benchmarks, newest first."""
-    query = _filtered(engine, platform, benchmark_type, model, status).where(
-        Benchmark.owner_id == user.id)
-    with state.db.session() as session:
-        return _history(session, query, page, page_length)
+    mine = _filtered(query).where(Benchmark.owner_id == user.id)
+    return _page(session, mine, query.page, query.page_length)
 
 
 @router.get("/api/benchmarks/public")
-def public_history(state: StateDep, user: UserDep, engine: str | None = None,
-                   platform: str | None = None, benchmark_type: str | None = None,
-                   model: str | None = None, status: str | None = None, page: Page = 1,
-                   page_length: PageLength = 100) -> dict[str, Any]:
-    query = _filtered(engine, platform, benchmark_type, model, status).where(
-        Benchmark.public.is_(True))
-    with state.db.session() as session:
-        return _history(session, query, page, page_length)
+def public_history(session: SessionDep, user: UserDep,
+                   query: Annotated[HistoryQuery, Depends()]) -> History:
+    """Everyone's public benchmarks, newest first."""
+    shared = _filtered(query).where(Benchmark.public.is_(True))
+    return _page(session, shared, query.page, query.page_length)
 
 
-@router.get("/api/results")
-def result_rows(state: StateDep, user: UserDep, target: str | None = None,
+@router.get("/api/results", response_class=Response, responses={
+    200: {"model": list[ResultRow] | ResultColumns,
+          "description": "`records`: a list of rows; `columns`: the table in columns"}})
+def result_rows(session: SessionDep, user: UserDep, target: str | None = None,
                 engine: str | None = None, model: str | None = None,
                 status: str | None = None, benchmark_type: str | None = None,
                 include_public: bool = False,
@@ -225,137 +303,141 @@ def result_rows(state: StateDep, user: UserDep, target: str | None = None,
                     description="records: a list of objects; columns: "
                                 "{columns, data} for DataFrames")] = "records") -> Response:
     """Flat rows (one per benchmark, metrics as columns) for DataFrames and tables, newest
-    first."""
-    query = _filtered(engine, target, benchmark_type, model, status)
+    first. Encoded here rather than through a response model: tens of thousands of rows must
+    take a fraction of a second."""
+    query = _filtered(Filters(engine, target, benchmark_type, model, status))
     if include_public:
         query = visible(query, Benchmark.owner_id, Benchmark.public, user)
     else:
         query = query.where(Benchmark.owner_id == user.id)
-    with state.db.session() as session:
-        rows = session.execute(table_query(query).order_by(Benchmark.seq.desc())
-                               .limit(limit)).all()
+    rows = session.execute(table_query(query).order_by(Benchmark.seq.desc()).limit(limit)).all()
     return Response(encode(list(rows), format), media_type="application/json")
 
 
-def _load_visible(state: AppState, user: User, bench_id: str) -> Benchmark:
-    with state.db.session() as session:
-        query = visible(select(Benchmark).where(Benchmark.id == bench_id), Benchmark.owner_id,
-                        Benchmark.public, user)
-        bench = session.scalar(query)
-    if bench is None:
-        raise HTTPException(404, f"no benchmark {bench_id}")
-    return bench
-
-
-def _load_owned(state: AppState, user: User, bench_id: str) -> Benchmark:
-    bench = _load_visible(state, user, bench_id)
-    if bench.owner_id != user.id and not user.is_admin:
-        raise HTTPException(403, "only the owner can change this benchmark")
-    return bench
-
-
 @router.get("/api/benchmarks/{bench_id}")
-def get_benchmark(bench_id: str, state: StateDep, user: UserDep) -> dict[str, Any]:
-    return benchmark_view(_load_visible(state, user, bench_id))
+def get_benchmark(bench: VisibleBenchmark) -> BenchmarkView:
+    return benchmark_view(bench)
 
 
 @router.get("/api/benchmarks/{bench_id}/status")
-def get_status(bench_id: str, state: StateDep, user: UserDep) -> dict[str, Any]:
-    bench = _load_visible(state, user, bench_id)
-    return {"id": bench.id, "status": bench.status, "message": bench.message,
-            "progress": {"phase": bench.progress_phase, "done": bench.progress_done,
-                         "total": bench.progress_total}}
+def get_status(bench: VisibleBenchmark) -> BenchmarkStatus:
+    return benchmark_status(bench)
 
 
-def _artifact(state: AppState, user: User, bench_id: str, name: str, filename: str) -> Any:
-    """200 with the file; 428 while the benchmark has not ended; 204 if it ended without it."""
-    bench = _load_visible(state, user, bench_id)
+def _ended(bench: Benchmark) -> Benchmark:
+    """428 while the benchmark has not ended: its artifacts are not there yet."""
     if not bench.is_terminal:
-        raise HTTPException(428, f"benchmark {bench_id} is {bench.status}; "
+        raise HTTPException(428, f"benchmark {bench.id} is {bench.status}; "
                                  "its artifacts are not available yet")
-    path = state.scheduler.artifact_dir(bench_id) / filename
-    if name not in bench.artifacts or not path.is_file():
-        return Response(status_code=204)
-    return path
+    return bench
 
 
-@router.get("/api/benchmarks/{bench_id}/results")
-def get_results(bench_id: str, state: StateDep, user: UserDep) -> Any:
+def _artifact(state: AppState, bench: Benchmark, name: str, filename: str) -> Path | None:
+    """The artifact's file, None if the benchmark ended without it (204); 428 while the
+    benchmark has not ended."""
+    path = state.scheduler.artifact_dir(_ended(bench).id) / filename
+    return path if name in bench.artifacts and path.is_file() else None
+
+
+@router.get("/api/benchmarks/{bench_id}/results", response_class=Response, responses={
+    200: {"model": Report, "description": "the report"}, **ARTIFACT_RESPONSES})
+def get_results(bench: VisibleBenchmark, state: StateDep) -> Response:
     """The report: report.json, or report_odt.json for on-device training (TYPE3)."""
-    bench = _load_visible(state, user, bench_id)
     name = "report_odt" if bench.benchmark_type == "TYPE3" else "report"
-    path = _artifact(state, user, bench_id, name, f"{name}.json")
-    if isinstance(path, Response):
-        return path
+    path = _artifact(state, bench, name, f"{name}.json")
+    if path is None:
+        return Response(status_code=NO_CONTENT)
     return Response(path.read_bytes(), media_type="application/json")
 
 
-@router.get("/api/benchmarks/{bench_id}/user-log")
-def get_user_log(bench_id: str, state: StateDep, user: UserDep) -> Any:
-    path = _artifact(state, user, bench_id, "user_log", "user.log")
-    return path if isinstance(path, Response) else PlainTextResponse(path.read_text("utf-8",
-                                                                                   "replace"))
+def _log(state: AppState, bench: Benchmark, name: str, filename: str) -> Response:
+    path = _artifact(state, bench, name, filename)
+    if path is None:
+        return Response(status_code=NO_CONTENT)
+    return PlainTextResponse(path.read_text("utf-8", "replace"))
 
 
-@router.get("/api/benchmarks/{bench_id}/error-log")
-def get_error_log(bench_id: str, state: StateDep, user: UserDep) -> Any:
-    path = _artifact(state, user, bench_id, "error_log", "error.log")
-    return path if isinstance(path, Response) else PlainTextResponse(path.read_text("utf-8",
-                                                                                   "replace"))
+@router.get("/api/benchmarks/{bench_id}/user-log", response_class=PlainTextResponse,
+            responses=ARTIFACT_RESPONSES)
+def get_user_log(bench: VisibleBenchmark, state: StateDep) -> Response:
+    return _log(state, bench, "user_log", "user.log")
 
 
-@router.get("/api/benchmarks/{bench_id}/binary")
-def get_binary(bench_id: str, state: StateDep, user: UserDep) -> Any:
-    path = _artifact(state, user, bench_id, "binary", "raw_output.bin")
-    if isinstance(path, Response):
-        return path
+@router.get("/api/benchmarks/{bench_id}/error-log", response_class=PlainTextResponse,
+            responses=ARTIFACT_RESPONSES)
+def get_error_log(bench: VisibleBenchmark, state: StateDep) -> Response:
+    return _log(state, bench, "error_log", "error.log")
+
+
+BINARY = {"description": "the file",
+          "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                              "format": "binary"}}}}
+
+
+@router.get("/api/benchmarks/{bench_id}/binary", response_class=Response,
+            responses={200: BINARY, **ARTIFACT_RESPONSES})
+def get_binary(bench: VisibleBenchmark, state: StateDep) -> Response:
+    """raw_output.bin: every inference's raw output bytes, in dataset order (TYPE2)."""
+    path = _artifact(state, bench, "binary", "raw_output.bin")
+    if path is None:
+        return Response(status_code=NO_CONTENT)
     return FileResponse(path, media_type="application/octet-stream",
-                        filename=f"{bench_id}_raw_output.bin")
+                        filename=f"{bench.id}_raw_output.bin")
 
 
-@router.get("/api/benchmarks/{bench_id}/profile")
-def get_profile(bench_id: str, state: StateDep, user: UserDep) -> Any:
+@router.get("/api/benchmarks/{bench_id}/profile", response_class=Response, responses={
+    200: {"model": list[LayerTime], "description": "layers, slowest first"},
+    **ARTIFACT_RESPONSES})
+def get_profile(bench: VisibleBenchmark, state: StateDep) -> Response:
     """The per-layer profile (slowest first), where the engine offers one."""
-    path = _artifact(state, user, bench_id, "profile", "profile.json")
-    if isinstance(path, Response):
-        return path
+    path = _artifact(state, bench, "profile", "profile.json")
+    if path is None:
+        return Response(status_code=NO_CONTENT)
     return Response(path.read_bytes(), media_type="application/json")
 
 
-@router.get("/api/benchmarks/{bench_id}/trained-model")
-def get_trained_model(bench_id: str, state: StateDep, user: UserDep) -> Any:
-    bench = _load_visible(state, user, bench_id)
-    if not bench.is_terminal:
-        raise HTTPException(428, f"benchmark {bench_id} is {bench.status}; "
-                                 "its artifacts are not available yet")
-    trained = sorted(state.scheduler.artifact_dir(bench_id).glob("model.*"))
+@router.get("/api/benchmarks/{bench_id}/trained-model", response_class=Response,
+            responses={200: BINARY, **ARTIFACT_RESPONSES})
+def get_trained_model(bench: VisibleBenchmark, state: StateDep) -> Response:
+    """The model a training (TYPE3) produced, its name in `Content-Disposition`."""
+    trained = sorted(state.scheduler.artifact_dir(_ended(bench).id).glob("model.*"))
     if "trained_model" not in bench.artifacts or not trained:
-        return Response(status_code=204)
+        return Response(status_code=NO_CONTENT)
     # The dAIEdge client splits on 'filename=' and strips quotes: keep filename last.
     return FileResponse(trained[0], media_type="application/octet-stream",
                         headers={"Content-Disposition":
                                  f'attachment; filename="{trained[0].name}"'})
 
 
+def _owned(state: AppState, user: User, bench_id: str) -> Benchmark:
+    with state.db.session() as session:
+        return get_owned_benchmark(session, user, bench_id)
+
+
+def _visible(state: AppState, user: User, bench_id: str) -> Benchmark:
+    with state.db.session() as session:
+        return get_benchmark_or_404(session, user, bench_id)
+
+
 @router.post("/api/benchmarks/{bench_id}/cancel")
-async def cancel(bench_id: str, state: StateDep, user: UserDep) -> dict[str, Any]:
-    bench = await run_in_threadpool(_load_owned, state, user, bench_id)
+async def cancel(bench_id: str, state: StateDep, user: UserDep) -> Canceled:
+    bench = await run_in_threadpool(_owned, state, user, bench_id)
     status = await state.scheduler.cancel(bench.id)
-    return {"id": bench.id, "status": status}
+    return Canceled(id=bench.id, status=Status(status))
 
 
 @router.delete("/api/benchmarks/{bench_id}")
-async def delete_benchmark(bench_id: str, state: StateDep, user: UserDep) -> dict[str, Any]:
-    bench = await run_in_threadpool(_load_owned, state, user, bench_id)
+async def delete_benchmark(bench_id: str, state: StateDep, user: UserDep) -> BenchmarkDeleted:
+    bench = await run_in_threadpool(_owned, state, user, bench_id)
     if not bench.is_terminal:
         await state.scheduler.cancel(bench.id)
         for _ in range(100):
-            refreshed = await run_in_threadpool(_load_owned, state, user, bench_id)
+            refreshed = await run_in_threadpool(_owned, state, user, bench_id)
             if refreshed.is_terminal:
                 break
             await asyncio.sleep(0.05)
     await run_in_threadpool(_delete, state, bench.id)
-    return {"id": bench.id, "deleted": True}
+    return BenchmarkDeleted(id=bench.id, deleted=True)
 
 
 def _delete(state: AppState, bench_id: str) -> None:
@@ -366,14 +448,15 @@ def _delete(state: AppState, bench_id: str) -> None:
     discard(state.scheduler.artifact_dir(bench_id))
 
 
-@router.get("/api/benchmarks/{bench_id}/events")
+@router.get("/api/benchmarks/{bench_id}/events", response_class=StreamingResponse,
+            responses=sse.STREAM_RESPONSE)
 async def events(bench_id: str, state: StateDep, user: UserDep) -> StreamingResponse:
     """Server-sent events: the current state, then every change until a terminal state."""
-    await run_in_threadpool(_load_visible, state, user, bench_id)
+    await run_in_threadpool(_visible, state, user, bench_id)
 
     async def stream() -> AsyncIterator[str]:
         async with state.hub.subscribe(bench_id) as queue:
-            bench = await run_in_threadpool(_load_visible, state, user, bench_id)
+            bench = await run_in_threadpool(_visible, state, user, bench_id)
             yield sse.message({"id": bench.id, **benchmark_event(bench)})
             if bench.is_terminal:
                 return

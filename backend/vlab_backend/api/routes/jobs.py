@@ -10,19 +10,24 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
+from vlab_backend.api.schemas import (
+    ERRORS,
+    Acknowledged,
+    JobProgress,
+    JobSpecView,
+    SavedOutputs,
+)
 from vlab_backend.api.state import AppState, StateDep
 from vlab_backend.api.uploads import safe_filename, save_upload
 from vlab_backend.auth import JOB_TOKEN_PREFIX, AuthError, job_of_credential
 from vlab_backend.jobdir import JobDir, PipelineResult, Progress
 
-router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)
 _bearer = HTTPBearer(auto_error=False)
-# Spec fields that only make sense on the server.
-SERVER_ONLY = ("repository", "model_path", "dataset_path", "extra_files", "image", "devices",
-               "volumes", "memory", "env")
+BINARY: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {
+    "schema": {"type": "string", "format": "binary"}}}, "description": "the input's bytes"}}
 
 
 def job_access(bench_id: str, state: StateDep,
@@ -49,15 +54,13 @@ CredentialedJob = Annotated[JobDir, Depends(job_access)]
 
 
 @router.get("/{bench_id}/spec")
-def job_spec(bench_id: str, job: CredentialedJob) -> dict[str, Any]:
+def job_spec(bench_id: str, job: CredentialedJob) -> JobSpecView:
     spec = job.read_spec()
-    data = {k: v for k, v in spec.as_dict().items() if k not in SERVER_ONLY}
-    data["inputs"] = ["model"] + (["dataset"] if spec.dataset_path else []) + sorted(
-        spec.extra_files)
-    return data
+    inputs = ["model"] + (["dataset"] if spec.dataset_path else []) + sorted(spec.extra_files)
+    return JobSpecView.model_validate({**spec.as_dict(), "inputs": inputs})
 
 
-@router.get("/{bench_id}/inputs/{name}")
+@router.get("/{bench_id}/inputs/{name}", response_class=FileResponse, responses=BINARY)
 def job_input(bench_id: str, name: str, job: CredentialedJob) -> FileResponse:
     spec = job.read_spec()
     paths = {"model": spec.model_path, "dataset": spec.dataset_path, **spec.extra_files}
@@ -67,22 +70,8 @@ def job_input(bench_id: str, name: str, job: CredentialedJob) -> FileResponse:
     return FileResponse(path, media_type="application/octet-stream")
 
 
-class ProgressBody(BaseModel):
-    phase: str
-    done: int
-    total: int
-
-
-class Acknowledged(BaseModel):
-    ok: bool
-
-
-class SavedOutputs(BaseModel):
-    saved: list[str]
-
-
 @router.post("/{bench_id}/progress")
-def job_progress(bench_id: str, body: ProgressBody, job: CredentialedJob) -> Acknowledged:
+def job_progress(bench_id: str, body: JobProgress, job: CredentialedJob) -> Acknowledged:
     job.write_progress(Progress(safe_filename(body.phase, "running"), body.done, body.total))
     return Acknowledged(ok=True)
 

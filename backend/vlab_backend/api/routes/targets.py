@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 
 from vlab_backend.api import sse
-from vlab_backend.api.state import StateDep, UserDep
+from vlab_backend.api.schemas import ERRORS, Overview, TargetOverview
+from vlab_backend.api.state import SessionDep, StateDep, UserDep
 from vlab_backend.api.views import instance_view
 from vlab_backend.events import ALL
-from vlab_backend.store.schema import ACTIVE_STATUSES, Benchmark, TargetInstance
+from vlab_backend.store.schema import ACTIVE_STATUSES, Benchmark, Status, TargetInstance
 
-router = APIRouter(tags=["targets"])
+router = APIRouter(tags=["targets"], responses=ERRORS)
 
 
-@router.get("/api/targets/events")
+@router.get("/api/targets/events", response_class=StreamingResponse,
+            responses=sse.STREAM_RESPONSE)
 async def target_events(state: StateDep, user: UserDep) -> StreamingResponse:
     """Server-sent `{"event": "targets"}` whenever an instance or a queue changes, so that
     target boards refresh without polling. Carries no benchmark details."""
@@ -37,25 +38,24 @@ async def target_events(state: StateDep, user: UserDep) -> StreamingResponse:
 
 
 @router.get("/api/targets/overview")
-def overview(state: StateDep, user: UserDep) -> dict[str, Any]:
+def overview(session: SessionDep, user: UserDep) -> Overview:
     """Every target type: its instances (busy/free), engines, and queue length."""
-    with state.db.session() as session:
-        instances = session.scalars(select(TargetInstance).where(
-            TargetInstance.enabled.is_(True)).order_by(TargetInstance.uid)).all()
-        running = dict(session.execute(select(Benchmark.target_uid, Benchmark.id).where(
-            Benchmark.status.in_(ACTIVE_STATUSES))).tuples().all())
-        queued = dict(session.execute(
-            select(Benchmark.target_type, func.count()).where(Benchmark.status == "pending")
-            .group_by(Benchmark.target_type)).tuples().all())
-    targets: dict[str, Any] = {}
+    instances = session.scalars(select(TargetInstance).where(
+        TargetInstance.enabled.is_(True)).order_by(TargetInstance.uid)).all()
+    running = dict(session.execute(select(Benchmark.target_uid, Benchmark.id).where(
+        Benchmark.status.in_(ACTIVE_STATUSES))).tuples().all())
+    queued = dict(session.execute(
+        select(Benchmark.target_type, func.count()).where(Benchmark.status == Status.PENDING)
+        .group_by(Benchmark.target_type)).tuples().all())
+    by_type: dict[str, list[TargetInstance]] = {}
     for instance in instances:
-        entry = targets.setdefault(instance.target_type, {
-            "target": instance.target_type, "instances": [], "engines": set(),
-            "queue_length": queued.get(instance.target_type, 0)})
-        entry["instances"].append(instance_view(instance, running.get(instance.uid)))
-        entry["engines"].update(instance.engines)
-    for entry in targets.values():
-        entry["engines"] = sorted(entry["engines"])
-        entry["busy"] = sum(1 for i in entry["instances"] if i["state"] == "busy")
-        entry["free"] = len(entry["instances"]) - entry["busy"]
-    return {"targets": list(targets.values())}
+        by_type.setdefault(instance.target_type, []).append(instance)
+    targets = []
+    for target_type, members in by_type.items():
+        views = [instance_view(i, running.get(i.uid)) for i in members]
+        busy = sum(1 for view in views if view.state == "busy")
+        targets.append(TargetOverview(
+            target=target_type, instances=views,
+            engines=sorted({name for i in members for name in i.engines}),
+            queue_length=queued.get(target_type, 0), busy=busy, free=len(views) - busy))
+    return Overview(targets=targets)

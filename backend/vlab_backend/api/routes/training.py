@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +11,9 @@ from fastapi import APIRouter, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
+from vlab_backend.api.deps import submission_errors
 from vlab_backend.api.routes.benchmarks import parse_json_field
+from vlab_backend.api.schemas import ERRORS, FLExperiment, FLHistory, Submitted
 from vlab_backend.api.state import AppState, StateDep, UserDep
 from vlab_backend.api.uploads import safe_filename, save_upload
 from vlab_backend.blobstore import sha256_file
@@ -23,7 +26,7 @@ from vlab_backend.odt import (
     validate_odt_config,
 )
 from vlab_backend.scheduler import benchmark_event
-from vlab_backend.store.schema import TargetInstance, User
+from vlab_backend.store.schema import Status, TargetInstance, User
 from vlab_backend.submission import (
     RunRequest,
     SubmissionError,
@@ -35,44 +38,34 @@ from vlab_backend.submission import (
     store_model,
 )
 
-router = APIRouter(tags=["training"])
+router = APIRouter(tags=["training"], responses=ERRORS)
 CONFIG_LIMIT = 1024 * 1024
 
 
-async def _read_json_part(part: UploadFile, what: str) -> Any:
+async def _config_part(part: UploadFile, what: str,
+                       validate: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """A JSON config sent as a file part, validated; 413, or 400 saying what is wrong."""
     data = await part.read(CONFIG_LIMIT + 1)
     if len(data) > CONFIG_LIMIT:
-        raise HTTPException(413, f"the {what} exceeds {CONFIG_LIMIT // 1024} KiB")
+        raise HTTPException(413, f"the {what} config exceeds {CONFIG_LIMIT // 1024} KiB")
     try:
-        return json.loads(data)
+        return validate(json.loads(data))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"the {what} is not valid JSON") from exc
+        raise HTTPException(400, f"the {what} config is not valid JSON") from exc
+    except ConfigError as exc:
+        raise HTTPException(400, f"invalid {what} config: {exc}") from exc
 
 
 @router.post("/api/benchmarks/train")
 async def train(state: StateDep, user: UserDep, model: UploadFile, config: UploadFile,
                 device: Annotated[str, Form()], engine: Annotated[str, Form()],
-                target_uids: Annotated[str | None, Form()] = None) -> dict[str, Any]:
+                target_uids: Annotated[str | None, Form()] = None) -> Submitted:
     """Submit on-device training (TYPE3): a model and its ODT config."""
-    try:
-        odt = validate_odt_config(await _read_json_part(config, "ODT config"))
-    except ConfigError as exc:
-        raise HTTPException(400, f"invalid ODT config: {exc}") from exc
+    odt = await _config_part(config, "ODT", validate_odt_config)
     uids = parse_json_field(target_uids, "target_uids", list)
     request = RunRequest(target_type=device, engine=engine, benchmark_type="TYPE3",
                          nb_inference=1, target_uids=[str(u) for u in uids], odt=True)
-    with state.db.session() as session:
-        try:
-            check_request(session, request, state.settings.max_nb_inference)
-            for ref, section in zip(dataset_refs(odt), ("input", "input", "output", "output"),
-                                    strict=True):
-                dataset = resolve_dataset(session, user, ref)
-                if dataset.size % sample_bytes(odt[section]):
-                    raise SubmissionError(
-                        f"dataset {ref} has {dataset.size} bytes, not a multiple of the "
-                        f"{section} sample size ({sample_bytes(odt[section])} bytes)")
-        except SubmissionError as exc:
-            raise HTTPException(exc.status, str(exc)) from exc
+    await run_in_threadpool(_check_training, state, user, request, odt)
     upload = await save_upload(model, state.settings.tmp_dir, state.settings.max_model_bytes,
                                "model")
     try:
@@ -81,36 +74,42 @@ async def train(state: StateDep, user: UserDep, model: UploadFile, config: Uploa
     finally:
         discard(upload)
     state.scheduler.wake()
-    return {"id": bench_id, "status": "pending"}
+    return Submitted(id=bench_id, status=Status.PENDING)
+
+
+def _check_training(state: AppState, user: User, request: RunRequest,
+                    odt: dict[str, Any]) -> None:
+    """The checks that need no upload: target, engine, and datasets that fit the config."""
+    with state.db.session() as session, submission_errors():
+        check_request(session, request, state.settings.max_nb_inference)
+        for ref, section in zip(dataset_refs(odt), ("input", "input", "output", "output"),
+                                strict=True):
+            dataset = resolve_dataset(session, user, ref)
+            if dataset.size % sample_bytes(odt[section]):
+                raise SubmissionError(
+                    f"dataset {ref} has {dataset.size} bytes, not a multiple of the "
+                    f"{section} sample size ({sample_bytes(odt[section])} bytes)")
 
 
 def _accept_training(state: AppState, user: User, request: RunRequest, odt: dict[str, Any],
                      upload: Path, filename: str) -> str:
-    try:
-        with state.db.session() as session:
-            info = intake_upload(upload, filename, engine_profile(session, request.engine))
-            stored = store_model(session, state.scheduler.models, user, upload, filename, info,
-                                 sha256_file(upload))
-            bench = create_benchmark(session, user, request, stored)
-            bench.odt_config = odt
-            state.hub.publish(bench.id, benchmark_event(bench))
-            return bench.id
-    except SubmissionError as exc:
-        raise HTTPException(exc.status, str(exc)) from exc
+    with submission_errors(), state.db.session() as session:
+        info = intake_upload(upload, filename, engine_profile(session, request.engine))
+        stored = store_model(session, state.scheduler.models, user, upload, filename, info,
+                             sha256_file(upload))
+        bench = create_benchmark(session, user, request, stored)
+        bench.odt_config = odt
+        state.hub.publish(bench.id, benchmark_event(bench))
+        return bench.id
 
 
 @router.post("/api/benchmarks/fl/run")
 async def fl_run(state: StateDep, user: UserDep, model: UploadFile,
-                 fl_config: UploadFile) -> dict[str, Any]:
+                 fl_config: UploadFile) -> Submitted:
     """Federated learning: the experiment is validated; it runs only where targets offer
     TYPE4."""
-    try:
-        config = validate_fl_config(await _read_json_part(fl_config, "FL config"))
-    except ConfigError as exc:
-        raise HTTPException(400, f"invalid FL config: {exc}") from exc
-    with state.db.session() as session:
-        instances = session.scalars(select(TargetInstance).where(
-            TargetInstance.enabled.is_(True))).all()
+    config = await _config_part(fl_config, "FL", validate_fl_config)
+    instances = await run_in_threadpool(_enabled_instances, state)
     for client in config["clients"]:
         offers = any(i.target_type == client["target"]
                      and "TYPE4" in i.engines.get(client["runtime"], {}).get("supported_types", [])
@@ -122,11 +121,18 @@ async def fl_run(state: StateDep, user: UserDep, model: UploadFile,
     raise HTTPException(501, "federated-learning orchestration is not available in this lab")
 
 
+def _enabled_instances(state: AppState) -> list[TargetInstance]:
+    with state.db.session() as session:
+        return list(session.scalars(select(TargetInstance).where(
+            TargetInstance.enabled.is_(True))))
+
+
 @router.get("/api/benchmarks/fl")
-def fl_history(_user: UserDep, page: int = 1, page_length: int = 100) -> dict[str, Any]:
-    return {"count": 0, "page": page, "page_length": page_length, "results": []}
+def fl_history(_user: UserDep, page: int = 1, page_length: int = 100) -> FLHistory:
+    return FLHistory(count=0, page=page, page_length=page_length, results=[])
 
 
 @router.get("/api/benchmarks/fl/{experiment_id}/{what}")
-def fl_experiment(experiment_id: str, what: str, _user: UserDep) -> dict[str, Any]:
+def fl_experiment(experiment_id: str, what: str, _user: UserDep) -> FLExperiment:
+    """`status`, `results` or `definition` of an experiment."""
     raise HTTPException(404, f"no federated-learning experiment {experiment_id}")
