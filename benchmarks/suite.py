@@ -3,10 +3,10 @@ machine, written with the machine and the goals to benchmarks/RESULTS.md.
 
 Figures: fidelity (reported mean ÷ bare engine loop) and repeatability (the same benchmark
 five times: spread of medians, beside the machine's own spread), both in fidelity.py; platform
-overhead (submit → terminal minus the timed inferences; cold and with warm workers),
-notification latency (job end → client notified), sweep throughput (many small jobs on all
-instances ÷ ideal; cold and with warm workers), API scale (200 concurrent submissions; 10,000
-results into a DataFrame).
+overhead (submit → terminal minus the timed inferences), notification latency (job end →
+client notified) and sweep throughput (many small jobs on all instances ÷ ideal), first for
+the server as `vlab serve` starts it (warm workers) and then cold (`--no-warm-workers`); API
+scale (200 concurrent submissions; 10,000 results into a DataFrame).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from benchmarks.fidelity import (
 from benchmarks.jobs import follow, submit
 from tests.models import conv_model, onnx_zoo
 from tests.server import LiveServer
+from vlab_backend.artifacts import PIPELINE_RESULT
+from vlab_backend.jobdir import PipelineResult
 from vlab_kernel.client import VlabClient
 from vlab_kernel.connection import Connection
 from vlab_kernel.lab import Lab
@@ -73,11 +75,12 @@ def platform_overhead(server: LiveServer, model: Path, jobs: int = 8) -> Overhea
             arrived, info = follow(server, bench_id)
             assert info["status"] == "success", info
             timed = timed_sum(server, bench_id)
-            result = json.loads((server.data_dir / "artifacts" / bench_id /
-                                 "pipeline.json").read_text())
-            parts.append((arrived - submitted - timed, result["started"] - submitted,
-                          result["finished"] - result["started"] - timed,
-                          arrived - result["finished"]))
+            result = PipelineResult.parse(
+                (server.data_dir / "artifacts" / bench_id / PIPELINE_RESULT).read_bytes())
+            assert result.started is not None and result.finished is not None
+            parts.append((arrived - submitted - timed, result.started - submitted,
+                          result.finished - result.started - timed,
+                          arrived - result.finished))
     return Overhead(*(statistics.median(column) for column in zip(*parts, strict=True)))
 
 
@@ -151,30 +154,31 @@ def main() -> int:
         small = conv_model(Path(tmp) / "small_conv.onnx")
         squeezenet = onnx_zoo("squeezenet")
         figures: dict[str, Any] = {}
-        cold = LiveServer(Path(tmp) / "cold").start()
+        # What `vlab serve` gives with no flags (warm workers) comes first.
+        default = LiveServer(Path(tmp) / "default").start()
         try:
+            default.wait_for_warm_workers()
+            print("platform overhead (default server) ...", flush=True)
+            figures["overhead_warm"] = platform_overhead(default, small)
+            print("sweep throughput (default server) ...", flush=True)
+            figures["sweep_warm"] = sweep_throughput(default, small)
             print("fidelity ...", flush=True)
-            figures["fidelity"] = fidelity(cold)
+            figures["fidelity"] = fidelity(default)
             print("repeatability ...", flush=True)
-            figures["repeat"] = repeatability(cold, squeezenet)
-            print("platform overhead (cold) ...", flush=True)
-            figures["overhead_cold"] = platform_overhead(cold, small)
-            print("sweep throughput (cold) ...", flush=True)
-            figures["sweep_cold"] = sweep_throughput(cold, small)
+            figures["repeat"] = repeatability(default, squeezenet)
             print("API scale ...", flush=True)
-            figures["accepted"], figures["p99"] = api_scale(cold, small)
-            figures["dataframe"] = results_to_dataframe(cold)
+            figures["accepted"], figures["p99"] = api_scale(default, small)
+            figures["dataframe"] = results_to_dataframe(default)
+        finally:
+            default.stop()
+        cold = LiveServer(Path(tmp) / "cold", ["--no-warm-workers"]).start()
+        try:
+            print("platform overhead (cold: --no-warm-workers) ...", flush=True)
+            figures["overhead_cold"] = platform_overhead(cold, small)
+            print("sweep throughput (cold: --no-warm-workers) ...", flush=True)
+            figures["sweep_cold"] = sweep_throughput(cold, small)
         finally:
             cold.stop()
-        warm = LiveServer(Path(tmp) / "warm", ["--warm-workers"]).start()
-        try:
-            time.sleep(3)  # the workers import the engines
-            print("platform overhead (warm) ...", flush=True)
-            figures["overhead_warm"] = platform_overhead(warm, small)
-            print("sweep throughput (warm) ...", flush=True)
-            figures["sweep_warm"] = sweep_throughput(warm, small)
-        finally:
-            warm.stop()
     write(figures)
     print(RESULTS.read_text())
     return 0
@@ -203,16 +207,16 @@ def write(f: dict[str, Any]) -> None:
         f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
         f"{platform.python_version()}. Every figure comes from this one run.", "",
         "| figure | measured | goal | |", "|---|---|---|---|",
-        f"| platform overhead, cold (median of small jobs) | {cold.total:.3f} s | "
+        f"| platform overhead, `vlab serve` with no flags (warm workers; median of small "
+        f"jobs) | {warm.total:.3f} s | ≤ 0.1 s | {mark(warm.total <= 0.1)} |",
+        f"| … before the pipeline / in the pipeline / after it | {split(warm)} | – | |",
+        f"| sweep throughput, `vlab serve` with no flags (12 one-second jobs on all instances "
+        f"÷ ideal) | {f['sweep_warm']:.2f} | ≥ 0.85 | {mark(f['sweep_warm'] >= 0.85)} |",
+        f"| notification latency (job end → client notified) | "
+        f"{warm.notify * 1e3:.1f} ms | ≤ 50 ms | {mark(warm.notify <= 0.05)} |",
+        f"| platform overhead, cold (`--no-warm-workers`) | {cold.total:.3f} s | "
         f"≤ 0.5 s | {mark(cold.total <= 0.5)} |",
         f"| … before the pipeline / in the pipeline / after it | {split(cold)} | – | |",
-        f"| platform overhead, warm workers | {warm.total:.3f} s | ≤ 0.1 s | "
-        f"{mark(warm.total <= 0.1)} |",
-        f"| … before the pipeline / in the pipeline / after it | {split(warm)} | – | |",
-        f"| notification latency (job end → client notified) | "
-        f"{cold.notify * 1e3:.1f} ms | ≤ 50 ms | {mark(cold.notify <= 0.05)} |",
-        f"| sweep throughput, warm workers (12 one-second jobs on all instances ÷ ideal) | "
-        f"{f['sweep_warm']:.2f} | ≥ 0.8 | {mark(f['sweep_warm'] >= 0.8)} |",
         f"| sweep throughput, cold (each job starts its interpreters) | "
         f"{f['sweep_cold']:.2f} | ≥ 0.8 | {mark(f['sweep_cold'] >= 0.8)} |",
         f"| API scale: 200 concurrent submissions accepted | {f['accepted']} / 200, p99 "

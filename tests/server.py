@@ -30,6 +30,7 @@ class LiveServer:
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"server-{self.port}.log"
+        self._log_start = 0  # where this start's lines begin in the log
 
     @property
     def env(self) -> dict[str, str]:
@@ -39,6 +40,7 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         with self.log_path.open("ab") as log:
+            self._log_start = log.tell()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "vlab_kernel.cli", "serve", "--port", str(self.port),
                  "--data-dir", str(self.data_dir), *self.extra_args],
@@ -55,6 +57,23 @@ class LiveServer:
                 pass
             time.sleep(0.1)
         raise RuntimeError("server did not start")
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 60) -> None:
+        """Until `text` appears `count` times in what this start of the server logged."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                if log.read().decode(errors="replace").count(text) >= count:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"the server never logged {text!r} {count} time(s)")
+
+    def wait_for_warm_workers(self, timeout: float = 60) -> None:
+        """Until every instance's warm worker takes requests (one per core here)."""
+        from vlab_backend.runners.warm import READY_LINE
+
+        self.wait_for_log(READY_LINE, len(os.sched_getaffinity(0)), timeout)
 
     @property
     def credential_path(self) -> Path:

@@ -5,7 +5,7 @@ FROM python:3.11-slim
 RUN useradd --create-home vlab
 WORKDIR /opt/vlab
 COPY . /opt/vlab
-RUN pip install --no-cache-dir /opt/vlab
+RUN pip install --no-cache-dir "/opt/vlab[server]"
 USER vlab
 EXPOSE 8765
 CMD ["vlab", "serve", "--host", "0.0.0.0", "--port", "8765", "--runner", "nomad"]

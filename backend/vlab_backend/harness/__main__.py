@@ -26,6 +26,7 @@ from vlab_backend.errors import short_message
 from vlab_backend.harness import sysinfo
 from vlab_backend.harness.measure import Timings, dataset_runs, timed_runs, warm_up
 from vlab_backend.harness.report import build_report
+from vlab_backend.jobdir import Progress as JobProgress
 
 
 class HarnessError(Exception):
@@ -56,17 +57,15 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 class Progress:
-    """Writes `phase done total` to a small file the runner watches (atomic replace)."""
+    """Reports how far the run is in the job directory's progress file, which the runner
+    watches."""
 
     def __init__(self, path: str | None) -> None:
         self._path = Path(path) if path else None
 
     def __call__(self, phase: str, done: int, total: int) -> None:
-        if self._path is None:
-            return
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(f"{phase} {done} {total}\n")
-        os.replace(tmp, self._path)
+        if self._path is not None:
+            JobProgress(phase, done, total).write(self._path)
 
 
 def random_inputs(specs: list[TensorSpec], seed: int) -> list[np.ndarray]:
