@@ -11,6 +11,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.browser.conftest import ARTIFACTS, Served
 from tests.server import LiveServer
+from vlab_kernel.defaults import DEFAULT_NB_INFERENCE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -39,7 +40,7 @@ def test_explore_notebook_and_launcher_in_jupyterlab(jupyterlab: Served, page: A
     launch.click()
     result = launcher.locator(".vlab-result")
     result.wait_for(timeout=180_000)
-    assert "50 inferences" in result.inner_text()
+    assert f"{DEFAULT_NB_INFERENCE} inferences" in result.inner_text()
     launcher.locator(".js-plotly-plot").wait_for()
     result.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "jupyterlab-launcher-result.png"))
