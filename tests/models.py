@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +161,31 @@ def engine_package(directory: Path, engine: str = "onnxref", version: str = "0.1
         f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: {version}\n")
     (info / "entry_points.txt").write_text(f"[vlab.engines]\n{engine} = {module}\n")
     return directory
+
+
+def zip_of(path: Path, members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> Path:
+    """A zip archive holding `members` (name -> content)."""
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return path
+
+
+def openvino_ir_members(onnx_path: Path) -> dict[str, bytes]:
+    """`model.xml` and `model.bin` of an ONNX model converted to OpenVINO IR."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as work:
+        ov.save_model(ov.convert_model(str(onnx_path)), str(Path(work) / "model.xml"))
+        return {name: (Path(work) / name).read_bytes() for name in ("model.xml", "model.bin")}
+
+
+def ir_bomb(path: Path, xml: bytes, bin_bytes: int) -> Path:
+    """An IR archive whose `model.bin` inflates to `bin_bytes` zeros (1 GiB deflates to 1 MiB)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model.xml", xml)
+        with archive.open("model.bin", "w", force_zip64=True) as member:
+            block = bytes(1 << 20)
+            for offset in range(0, bin_bytes, len(block)):
+                member.write(block[:bin_bytes - offset])
+    return path

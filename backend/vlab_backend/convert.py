@@ -14,6 +14,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from vlab_backend.archives import (
+    ArchiveLimits,
+    ArchiveRefused,
+    extract,
+    open_archive,
+    safe_member_name,
+)
 from vlab_backend.errors import short_message
 
 CONVERSIONS = ("onnx_opset<N>", "onnx_fp16", "openvino")
@@ -92,15 +99,15 @@ def _to_openvino(source: Path, source_format: str, out_dir: Path) -> Path:
     return target_path
 
 
-def extract_ir(archive_path: Path, into: Path) -> Path:
-    """Unpack an IR archive; returns the path of its .xml. Refuses members that leave `into`."""
-    with zipfile.ZipFile(archive_path) as archive:
+def extract_ir(archive_path: Path, into: Path, limits: ArchiveLimits) -> Path:
+    """Unpack an IR archive within `limits`; returns the path of its .xml.
+
+    Raises ArchiveRefused (a ValueError) for a bad archive or one that breaks its limits."""
+    with open_archive(archive_path, limits) as archive:
         names = archive.namelist()
-        xml = [n for n in names if n.endswith(".xml") and "/" not in n and ".." not in n]
-        bins = [n for n in names if n.endswith(".bin") and "/" not in n and ".." not in n]
-        if len(xml) != 1 or len(bins) != 1:
-            raise ValueError("an OpenVINO IR archive holds exactly one .xml and one .bin file "
+    xml = [n for n in names if n.endswith(".xml") and safe_member_name(n) and "/" not in n]
+    bins = [n for n in names if n.endswith(".bin") and safe_member_name(n) and "/" not in n]
+    if len(xml) != 1 or len(bins) != 1:
+        raise ArchiveRefused("an OpenVINO IR archive holds exactly one .xml and one .bin file "
                              "at its top level")
-        for name in (xml[0], bins[0]):
-            (into / name).write_bytes(archive.read(name))
-    return into / xml[0]
+    return extract(archive_path, [xml[0], bins[0]], into, limits)[0]

@@ -145,3 +145,20 @@ def test_per_layer_profile_is_written(tmp_path: Path, squeezenet: Path) -> None:
     assert report_of(tmp_path)["layers"] == profile[:20]
     cold = report_of(tmp_path)["cold_start"]
     assert cold["load_s"] > 0 and cold["first_inference_s"] > 0 and cold["steady_state_s"] > 0
+
+
+def test_a_model_named_like_an_option_reaches_the_harness_as_a_file(tmp_path: Path,
+                                                                      small_onnx: Path) -> None:
+    """manager.sh hands the user's file name over as `--model=NAME`, never as an option."""
+    repository = Path(__file__).parents[2] / "targets" / "host-cpu"
+    (tmp_path / "--model.onnx").write_bytes(small_onnx.read_bytes())
+    functions = Path(__file__).parents[2] / "backend" / "vlab_backend" / "pipeline"
+    env = {"PATH": "/usr/bin:/bin", "FUNCTIONS_PATH": str(functions), "RUNTIME": "onnxruntime",
+           "MODEL_FILENAME": "--model.onnx", "NB_INFERENCE": "3", "BENCHMARK_TYPE": "TYPE1",
+           "VLAB_PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(repository / "AI_Manager" / "manager.sh")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    errors = (tmp_path / "AI_Manager" / "out" / "error.log").read_text()
+    assert done.returncode == 0, errors
+    assert json.loads((tmp_path / "AI_Manager" / "out" / "report.json").read_text())[
+        "model_file_name"] == "--model.onnx"

@@ -39,10 +39,14 @@ class Adapter(EngineAdapter):
 
         core = ov.Core()
         if model_path.suffix.lower() == ".zip":
+            from vlab_backend.archives import ArchiveLimits
             from vlab_backend.convert import extract_ir
 
+            # The intake checked the archive against the model size limit; the ratio and
+            # member limits hold here too.
             self._ir_dir = tempfile.TemporaryDirectory()
-            model_path = extract_ir(model_path, Path(self._ir_dir.name))
+            model_path = extract_ir(model_path, Path(self._ir_dir.name),
+                                    ArchiveLimits(max_total_bytes=None))
         model = core.read_model(str(model_path))
         # Dynamic dimensions (usually the batch) are benchmarked at 1.
         if any(p.get_partial_shape().is_dynamic for p in model.inputs):

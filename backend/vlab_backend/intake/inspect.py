@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlab_backend.engines.base import TensorSpec
+from vlab_backend.errors import short_message
 
 TFLITE_IDENTIFIER = b"TFL3"
+log = logging.getLogger(__name__)
 
 
 class ModelRejected(ValueError):
@@ -67,15 +70,29 @@ def detect_format(filename: str, head: bytes) -> str:
                         "model, or an OpenVINO IR .zip")
 
 
-def inspect_model(path: Path, filename: str) -> ModelInfo:
-    """Check the model at `path` (uploaded as `filename`) and describe it.
+def inspect_model(path: Path, filename: str, max_model_bytes: int | None = None) -> ModelInfo:
+    """Check the model at `path` (uploaded as `filename`) and describe it; an archive may
+    inflate to at most `max_model_bytes` (by default the server's default model size limit).
 
-    Raises ModelRejected with a message fit for the user."""
+    Raises ModelRejected with a message fit for the user, whatever the parsers raise."""
     with path.open("rb") as handle:
         head = handle.read(16)
     if not head:
         raise ModelRejected(f"{filename}: the file is empty")
     fmt = detect_format(filename, head)
+    try:
+        return _inspect(path, filename, fmt, max_model_bytes)
+    except ModelRejected:
+        raise
+    except UnicodeDecodeError as exc:  # protobuf and flatbuffers decode names only when read
+        raise ModelRejected(f"{filename}: a name in the {fmt} model is not UTF-8") from exc
+    except Exception as exc:  # a hostile model can break a parser in ways no one lists
+        log.warning("intake of %s failed unexpectedly", filename, exc_info=True)
+        raise ModelRejected(f"{filename}: the {fmt} model cannot be read: "
+                            f"{short_message(exc)}") from exc
+
+
+def _inspect(path: Path, filename: str, fmt: str, max_model_bytes: int | None) -> ModelInfo:
     if fmt == "onnx":
         from vlab_backend.intake.onnx_model import inspect_onnx
 
@@ -83,7 +100,11 @@ def inspect_model(path: Path, filename: str) -> ModelInfo:
     if fmt == "zip":
         from vlab_backend.intake.openvino_model import inspect_openvino_ir
 
-        return inspect_openvino_ir(path, filename)
+        if max_model_bytes is None:
+            from vlab_backend.config import Settings
+
+            max_model_bytes = int(Settings.model_fields["max_model_bytes"].default)
+        return inspect_openvino_ir(path, filename, max_model_bytes)
     from vlab_backend.intake.tflite_model import inspect_tflite
 
     return inspect_tflite(path, filename)

@@ -21,8 +21,18 @@ def _dims(value_type: onnx.TypeProto) -> Shape | None:
     return tuple(d.dim_value if d.dim_value > 0 else 1 for d in value_type.tensor_type.shape.dim)
 
 
-def _dtype(value_type: onnx.TypeProto) -> str:
-    return str(helper.tensor_dtype_to_np_dtype(value_type.tensor_type.elem_type))
+def _dtype(value: onnx.ValueInfoProto, filename: str) -> str:
+    """The NumPy name of a graph input's or output's element type, which datasets and random
+    inputs are made of; ModelRejected for types NumPy has no name for."""
+    elem_type = value.type.tensor_type.elem_type
+    try:
+        name = str(helper.tensor_dtype_to_np_dtype(elem_type))
+        np.dtype(name)
+    except (KeyError, TypeError) as exc:
+        kind = "tensor" if value.type.HasField("tensor_type") else "non-tensor"
+        raise ModelRejected(f"{filename}: {value.name[:100]!r} is a {kind} of element type "
+                            f"{elem_type}, which the lab cannot benchmark") from exc
+    return name
 
 
 def _uses_external_data(model: onnx.ModelProto) -> bool:
@@ -65,7 +75,7 @@ def inspect_onnx(path: Path, filename: str) -> ModelInfo:
 
     def spec(value: onnx.ValueInfoProto) -> TensorSpec:
         return TensorSpec(value.name, shapes.get(value.name, _dims(value.type) or ()),
-                          _dtype(value.type))
+                          _dtype(value, filename))
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     return ModelInfo(

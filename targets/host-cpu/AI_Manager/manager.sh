@@ -9,5 +9,5 @@ if [[ -n "${VLAB_HARNESS_SOCKET:-}" && -n "${VLAB_WARM_CLIENT:-}" ]]; then
 else
     harness=("$python" -m vlab_backend.harness)
 fi
-"${harness[@]}" --model "$MODEL_FILENAME" --out AI_Manager/out >>AI_Manager/out/user.log
+"${harness[@]}" --model="$MODEL_FILENAME" --out=AI_Manager/out >>AI_Manager/out/user.log
 info_print "Benchmark finished"

@@ -19,6 +19,7 @@ from vlab_backend.blobstore import sha256_file
 from vlab_backend.convert import ConversionError, convert, converted_name
 from vlab_backend.store.schema import Benchmark, StoredModel, User
 from vlab_backend.submission import (
+    NAMELESS_MODEL_PART,
     SubmissionError,
     delete_stored,
     discard,
@@ -39,7 +40,9 @@ async def upload_or_import(state: StateDep, user: UserDep, response: Response,
                            model: UploadFile | None = None) -> StoredModelView:
     """With a `model` file: store it in the caller's library (201). Without: import the model
     named by `resource_identifier` (a `model-N` reference visible to the caller) (200)."""
-    if model is not None and model.filename:
+    if model is not None and not model.filename:
+        raise HTTPException(400, NAMELESS_MODEL_PART)
+    if model is not None:
         upload = await save_upload(model, state.settings.tmp_dir, state.settings.max_model_bytes,
                                    "model")
         try:
@@ -56,7 +59,7 @@ async def upload_or_import(state: StateDep, user: UserDep, response: Response,
 
 def _store_upload(state: AppState, user: User, upload: Path, filename: str) -> StoredModelView:
     with submission_errors():
-        info = intake_upload(upload, filename, None)
+        info = intake_upload(upload, filename, None, state.settings.max_model_bytes)
     with state.db.session() as session:
         stored = store_model(session, state.scheduler.models, user, upload, filename, info,
                              sha256_file(upload))
@@ -121,7 +124,7 @@ def _convert(state: AppState, user: User, ident: str, target: str,
             raise HTTPException(400, str(exc)) from exc
         name = converted_name(source_name, target)
         try:
-            info = intake_upload(produced, name, None)
+            info = intake_upload(produced, name, None, state.settings.max_model_bytes)
         except SubmissionError as exc:
             raise HTTPException(422, f"the converted model does not pass intake: {exc}") from exc
         with state.db.session() as session:
