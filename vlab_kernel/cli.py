@@ -10,13 +10,16 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, cast
+
+import orjson
 
 from vlab_kernel.client import VlabClient
 from vlab_kernel.connection import resolve
@@ -24,16 +27,42 @@ from vlab_kernel.defaults import DEFAULT_NB_INFERENCE, DEFAULT_SWEEP_DIR
 from vlab_kernel.errors import UsageError, VlabError
 from vlab_kernel.progress import ProgressPrinter
 
+# Values meant as JSON that are not: a list or object, a number that overflows, NaN or
+# Infinity. Any other text that is not JSON is sent as a string.
+_MEANT_AS_JSON = re.compile(r"[\[{].*|-?\d+(\.\d+)?([eE][-+]?\d+)?|[-+]?(nan|inf|infinity)",
+                            re.IGNORECASE | re.DOTALL)
+
 
 def _parse_param(text: str) -> tuple[str, Any]:
+    """KEY=VALUE, VALUE read as JSON (orjson: finite numbers, bounded nesting) or as text."""
     if "=" not in text:
         raise UsageError(f"--param expects KEY=VALUE, got {text!r}")
-    key, raw = text.split("=", 1)
+    key, raw = (part.strip() for part in text.split("=", 1))
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
+        return key, orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if _MEANT_AS_JSON.fullmatch(raw):
+            raise UsageError(f"--param {key}: not valid JSON with finite numbers ({exc}); "
+                             "write a string as JSON, e.g. '\"NaN\"'") from None
+    return key, raw
+
+
+def _count(text: str) -> int:
+    """An argument that counts something: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expects a whole number of at least 1, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument mistakes, like every user mistake, print one line and exit non-zero."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -288,10 +317,11 @@ def add_server_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlab", description="VLab workbench: benchmark AI "
-                                     "models on edge targets")
+    parser = _Parser(prog="vlab", description="VLab workbench: benchmark AI models on edge "
+                     "targets")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_server_commands(sub)
+    # Sub-commands are _Parser too; the server's commands take any ArgumentParser's.
+    add_server_commands(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
 
     lab = sub.add_parser("lab", help="JupyterLab with the embedded backend; other arguments "
                          "go to JupyterLab")
@@ -306,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--models", nargs="+", required=True)
     sweep.add_argument("--targets", nargs="+", required=True)
     sweep.add_argument("--engines", nargs="+", required=True)
-    sweep.add_argument("--runs", type=int, default=DEFAULT_NB_INFERENCE)
+    sweep.add_argument("--runs", type=_count, default=DEFAULT_NB_INFERENCE)
     sweep.add_argument("--type", default="TYPE1", choices=["TYPE1", "TYPE2"])
     sweep.add_argument("-o", "--output", default=DEFAULT_SWEEP_DIR)
     sweep.set_defaults(func=cmd_sweep)
@@ -321,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--engine", required=True)
     bench.add_argument("--type", choices=["TYPE1", "TYPE2"])
     bench.add_argument("--dataset", help="raw dataset file (TYPE2)")
-    bench.add_argument("--runs", type=int, default=DEFAULT_NB_INFERENCE)
+    bench.add_argument("--runs", type=_count, default=DEFAULT_NB_INFERENCE)
     bench.add_argument("--param", action="append", metavar="KEY=VALUE")
     bench.add_argument("--public", action="store_true", help="let every user see the result")
     bench.add_argument("--json", action="store_true", help="print only the report JSON")

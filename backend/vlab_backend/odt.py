@@ -17,9 +17,18 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _positive_int(value: Any, where: str) -> int:
-    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-             f"{where} must be a positive integer")
+# Upper bounds: what a training job may ask for without holding an instance for days or
+# overflowing a sample's size.
+MAX_DIM = 2**31
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 2**20
+MAX_SAMPLE_BYTES = 2**40
+MAX_ROUNDS = 10_000
+
+
+def _positive_int(value: Any, where: str, maximum: int) -> int:
+    _require(isinstance(value, int) and not isinstance(value, bool) and 0 < value <= maximum,
+             f"{where} must be a positive integer of at most {maximum}")
     return int(value)
 
 
@@ -31,7 +40,7 @@ def _tensor(section: Any, where: str) -> dict[str, Any]:
     shape = section["shape"]
     _require(isinstance(shape, list) and bool(shape), f"{where}.shape must be a list")
     for index, dim in enumerate(shape):
-        _positive_int(dim, f"{where}.shape[{index}]")
+        _positive_int(dim, f"{where}.shape[{index}]", MAX_DIM)
     try:
         np.dtype(section["dtype"])
     except TypeError as exc:
@@ -39,12 +48,17 @@ def _tensor(section: Any, where: str) -> dict[str, Any]:
     for key in ("train_file", "test_file"):
         _require(isinstance(section[key], str) and bool(section[key]),
                  f"{where}.{key} must be a dataset reference")
+    _require(sample_bytes(section) <= MAX_SAMPLE_BYTES,
+             f"{where}: one sample would take more than {MAX_SAMPLE_BYTES} bytes")
     return section
 
 
 def sample_bytes(section: dict[str, Any]) -> int:
     """Bytes of one sample of a tensor section (its shape excludes the batch dimension)."""
-    return int(np.prod(section["shape"])) * np.dtype(section["dtype"]).itemsize
+    size = np.dtype(section["dtype"]).itemsize
+    for dim in section["shape"]:  # Python integers: no overflow to 0 as with np.prod
+        size *= int(dim)
+    return size
 
 
 def validate_odt_config(config: Any) -> dict[str, Any]:
@@ -52,8 +66,8 @@ def validate_odt_config(config: Any) -> dict[str, Any]:
     _require(isinstance(config, dict), "the ODT config must be a JSON object")
     params = config.get("learning_parameters")
     _require(isinstance(params, dict), "learning_parameters is required (an object)")
-    _positive_int(params.get("batch_size"), "learning_parameters.batch_size")
-    _positive_int(params.get("epochs"), "learning_parameters.epochs")
+    _positive_int(params.get("batch_size"), "learning_parameters.batch_size", MAX_BATCH_SIZE)
+    _positive_int(params.get("epochs"), "learning_parameters.epochs", MAX_EPOCHS)
     _tensor(config.get("input"), "input")
     _tensor(config.get("output"), "output")
     return config
@@ -75,7 +89,7 @@ def validate_fl_config(config: Any) -> dict[str, Any]:
         _require(model.get(key) is not None, f"model.{key} is required")
     server = config["config"]
     _require(isinstance(server, dict), "config must be an object")
-    _positive_int(server.get("rounds"), "config.rounds")
+    _positive_int(server.get("rounds"), "config.rounds", MAX_ROUNDS)
     _require(server.get("aggregator", "FedAvg") in ("FedAvg",),
              "config.aggregator must be FedAvg")
     clients = config["clients"]

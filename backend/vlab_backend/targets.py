@@ -14,7 +14,6 @@ An engine of the registry also gets its model formats in its offer's `env`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -22,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from vlab_backend.engines import engine_specs, engine_version
-from vlab_backend.engines.base import EngineSpec
+from vlab_backend.engines.base import EngineSpec, parse_user_json
 
 log = logging.getLogger("vlab.targets")
 
 BENCHMARK_TYPES = ("TYPE1", "TYPE2", "TYPE3", "TYPE4")
 DEFAULT_TYPE = "host-cpu"
+MAX_CPU = 8191  # Linux numbers at most 8192 CPUs (NR_CPUS)
+MAX_MEMORY_BYTES = 2**60  # an exbibyte: more than any board declares
 
 
 class TargetConfigError(ValueError):
@@ -110,6 +111,10 @@ def _require(condition: bool, message: str) -> None:
         raise TargetConfigError(message)
 
 
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def parse_target_config(data: Any, base_dir: Path | None = None) -> list[InstanceConfig]:
     """Validate a target configuration (already parsed JSON) and return its instances."""
     _require(isinstance(data, dict) and bool(data),
@@ -132,15 +137,19 @@ def parse_target_config(data: Any, base_dir: Path | None = None) -> list[Instanc
             _require(isinstance(engines_raw, dict) and bool(engines_raw),
                      f"{at} ({uid}): missing 'engines' (an object keyed by engine name)")
             cpuset = entry.get("cpuset", [])
-            _require(isinstance(cpuset, list) and all(isinstance(c, int) and c >= 0
-                                                      for c in cpuset),
-                     f"{at} ({uid}): 'cpuset' must be a list of core numbers")
+            _require(isinstance(cpuset, list) and all(_is_int(c, 0, MAX_CPU) for c in cpuset),
+                     f"{at} ({uid}): 'cpuset' must be a list of core numbers from 0 to "
+                     f"{MAX_CPU}")
             engines = {}
             for name, offer in engines_raw.items():
                 engines[name] = _parse_engine(f"{at} ({uid}), engine {name!r}", name, offer,
                                               entry, base_dir, known_engines)
             memory = entry.get("memory", {})
             _require(isinstance(memory, dict), f"{at} ({uid}): 'memory' must be an object")
+            for key, size in memory.items():
+                _require(_is_int(size, 0, MAX_MEMORY_BYTES),
+                         f"{at} ({uid}): memory {key!r} must be a number of bytes from 0 to "
+                         f"{MAX_MEMORY_BYTES}")
             instances.append(InstanceConfig(uid=uid, target_type=target_type, engines=engines,
                                             cpuset=cpuset, memory=memory,
                                             host=str(entry.get("host", "localhost"))))
@@ -173,9 +182,9 @@ def _parse_engine(at: str, name: str, offer: Any, entry: dict[str, Any], base_di
 
 def load_target_config(path: Path) -> list[InstanceConfig]:
     try:
-        data = json.loads(path.read_text())
+        data = parse_user_json(path.read_bytes())
     except OSError as exc:
         raise TargetConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise TargetConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except ValueError as exc:
+        raise TargetConfigError(f"{path}: not valid JSON ({exc})") from exc
     return parse_target_config(data, base_dir=path.parent)

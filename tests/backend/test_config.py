@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from vlab_backend.config import Settings
 from vlab_kernel.defaults import DEFAULT_HOST, DEFAULT_PORT
@@ -13,7 +14,8 @@ VARIABLES = ("VLAB_DATA_DIR", "XDG_DATA_HOME", "VLAB_WARM_WORKERS", "VLAB_DATABA
              "VLAB_TIMEOUT_SUPPORT_S", "VLAB_TIMEOUT_BUILD_S", "VLAB_TIMEOUT_DEPLOY_S",
              "VLAB_TIMEOUT_MANAGER_S", "VLAB_MAX_MODEL_BYTES", "VLAB_MAX_DATASET_BYTES",
              "VLAB_MAX_NB_INFERENCE", "NOMAD_ADDR", "NOMAD_TOKEN", "NOMAD_NAMESPACE",
-             "VLAB_PUBLIC_URL", "VLAB_HOST", "VLAB_PORT", "VLAB_RUNNER")
+             "VLAB_PUBLIC_URL", "VLAB_HOST", "VLAB_PORT", "VLAB_RUNNER",
+             "VLAB_ACCESS_TOKEN_MINUTES", "VLAB_REFRESH_TOKEN_DAYS")
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +80,24 @@ def test_keywords_override_the_environment(monkeypatch: pytest.MonkeyPatch,
     assert settings.data_dir == tmp_path and settings.nomad_addr == "http://given:4646"
     with pytest.raises(ValueError):
         Settings(warm_worker=True)  # a misspelt setting is an error, not ignored
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("VLAB_TIMEOUT_MANAGER_S", "0", "greater than or equal to 1"),
+    ("VLAB_TIMEOUT_MANAGER_S", "100000000", "less than or equal to 86400"),
+    ("VLAB_TIMEOUT_BUILD_S", "inf", "valid integer"),
+    ("VLAB_MAX_MODEL_BYTES", "-1", "greater than or equal to 1"),
+    ("VLAB_MAX_DATASET_BYTES", str(2**70), "less than or equal to"),
+    ("VLAB_MAX_NB_INFERENCE", "NaN", "valid integer"),
+    ("VLAB_MAX_NB_INFERENCE", str(10**10), "less than or equal to 1000000000"),
+    ("VLAB_PORT", "70000", "less than or equal to 65535"),
+    ("VLAB_ACCESS_TOKEN_MINUTES", "0", "greater than or equal to 1"),
+    ("VLAB_REFRESH_TOKEN_DAYS", "100000", "less than or equal to 365"),
+])
+def test_numbers_out_of_their_bounds_are_refused(monkeypatch: pytest.MonkeyPatch,
+                                                 variable: str, value: str,
+                                                 message: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=message) as refused:
+        Settings()
+    assert refused.value.errors()[0]["loc"] == (variable.removeprefix("VLAB_").lower(),)

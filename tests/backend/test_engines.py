@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,14 @@ from vlab_backend.engines import (
     engine_version,
     get_spec,
 )
-from vlab_backend.engines.base import EngineSpec
+from vlab_backend.engines.base import (
+    MAX_JSON_DEPTH,
+    MAX_STRING_CHARS,
+    EngineSpec,
+    ParameterSpec,
+    check_json_value,
+    parse_user_json,
+)
 
 
 def test_builtin_engines_are_registered() -> None:
@@ -195,3 +203,57 @@ def test_the_formats_of_an_engine_that_runs_here(installed_plugin: Path,
         assert capsys.readouterr().out.startswith("unknown engine 'tensorrt'; known engines: ")
     finally:
         sys.modules.pop("vlab_npu", None)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"min_time_s": float("inf")}, "'min_time_s' must be a finite number"),
+    ({"min_time_s": "NaN"}, "'min_time_s' must be a finite number"),
+    ({"warmup_min_s": "1e999"}, "'warmup_min_s' must be a finite number"),
+    ({"min_time_s": 601}, "'min_time_s' must be at most 600"),
+    ({"warmup_min_s": 61}, "'warmup_min_s' must be at most 60"),
+    ({"threads": 1025}, "'threads' must be at most 1024"),
+    ({"warmup_runs": 10**6}, "'warmup_runs' must be at most 100000"),
+    ({"profile_runs": 0}, "'profile_runs' must be at least 1"),
+    ({"seed": 2**63}, "'seed' must be at most 9223372036854775807"),
+    ({"seed": "9" * 5000}, "'seed' must be an integer"),
+])
+def test_numbers_are_finite_and_within_their_bounds(params: dict[str, object],
+                                                    message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        get_spec("onnxruntime").validate_parameters(params)
+
+
+def test_parameters_without_declared_bounds_still_have_limits() -> None:
+    """A parameter an administrator attached declares only its type."""
+    count = ParameterSpec("batches", "integer", 1)
+    assert count.validate(2**63 - 1) == 2**63 - 1
+    with pytest.raises(ValueError, match="at most 9223372036854775807"):
+        count.validate(2**63)
+    with pytest.raises(ValueError, match="finite"):
+        ParameterSpec("gain", "number", 1.0).validate("-inf")
+    with pytest.raises(ValueError, match=f"at most {MAX_STRING_CHARS} characters"):
+        ParameterSpec("label", "string", "").validate("x" * (MAX_STRING_CHARS + 1))
+
+
+def test_json_parameters_are_finite_and_shallow() -> None:
+    shape = ParameterSpec("shape", "object", {})
+    assert shape.validate('{"a": [1, 2.5]}') == {"a": [1, 2.5]}
+    deep = "[" * 2000 + "]" * 2000  # json.loads raised RecursionError on this
+    for text, message in ((deep, "depth limit exceeded"), ('{"a": NaN}', "NaN and Infinity"),
+                          ('{"a": 1e999}', "infinity")):
+        with pytest.raises(ValueError, match=message):
+            shape.validate(text)
+    nested: object = 1
+    for _ in range(MAX_JSON_DEPTH + 1):
+        nested = [nested]
+    with pytest.raises(ValueError, match=f"nested more than {MAX_JSON_DEPTH} levels"):
+        ParameterSpec("layers", "array", []).validate(nested)
+    with pytest.raises(ValueError, match="numbers must be finite"):
+        shape.validate({"a": [float("nan")]})
+
+
+def test_parse_user_json_never_raises_recursion_error() -> None:
+    for text in ("[" * 100_000, "{\"a\":" * 100_000, b"\xff\xfe", "NaN", "-Infinity"):
+        with pytest.raises(ValueError):
+            parse_user_json(text)
+    check_json_value({"a": [[1.0]] * 3})

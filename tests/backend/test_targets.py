@@ -16,6 +16,8 @@ from tests.models import engine_package
 from vlab_backend import engines, targets
 from vlab_backend.engines.base import EngineSpec
 from vlab_backend.targets import (
+    MAX_CPU,
+    MAX_MEMORY_BYTES,
     TargetConfigError,
     builtin_targets_dir,
     load_target_config,
@@ -123,6 +125,16 @@ def test_a_target_file_may_set_the_engine_formats() -> None:
      "duplicate target_uid"),
     ({"rpi5": [{"target_uid": "a", "cpuset": ["x"],
                 "engines": {"tflite": {"repository": "r"}}}]}, "cpuset"),
+    ({"rpi5": [{"target_uid": "a", "cpuset": [True],
+                "engines": {"tflite": {"repository": "r"}}}]}, "cpuset"),
+    ({"rpi5": [{"target_uid": "a", "cpuset": [MAX_CPU + 1],
+                "engines": {"tflite": {"repository": "r"}}}]}, f"from 0 to {MAX_CPU}"),
+    ({"rpi5": [{"target_uid": "a", "memory": {"ram": -1},
+                "engines": {"tflite": {"repository": "r"}}}]}, "memory 'ram' must be"),
+    ({"rpi5": [{"target_uid": "a", "memory": {"ram": 2.5e9},
+                "engines": {"tflite": {"repository": "r"}}}]}, "memory 'ram' must be"),
+    ({"rpi5": [{"target_uid": "a", "memory": {"storage": MAX_MEMORY_BYTES + 1},
+                "engines": {"tflite": {"repository": "r"}}}]}, "memory 'storage' must be"),
 ])
 def test_invalid_target_files_get_clear_errors(config: Any, message: str) -> None:
     with pytest.raises(TargetConfigError, match=message):
@@ -136,6 +148,20 @@ def test_unreadable_target_file(tmp_path: Path) -> None:
         load_target_config(bad)
     with pytest.raises(TargetConfigError, match="cannot read"):
         load_target_config(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("text", [
+    '{"rpi5": [{"target_uid": "a", "memory": {"ram": Infinity}, "engines": {}}]}',
+    '{"rpi5": [{"target_uid": "a", "memory": {"ram": NaN}, "engines": {}}]}',
+    '{"rpi5": [{"target_uid": "a", "memory": {"ram": 1e999}, "engines": {}}]}',
+    '{"rpi5": ' + "[" * 5000 + "]" * 5000 + "}",  # json.loads: RecursionError
+])
+def test_a_target_file_with_non_finite_or_deep_values_is_refused(tmp_path: Path,
+                                                                  text: str) -> None:
+    path = tmp_path / "targets.json"
+    path.write_text(text)
+    with pytest.raises(TargetConfigError, match="not valid JSON"):
+        load_target_config(path)
 
 
 SUPPORT = builtin_targets_dir() / "host-cpu" / "AI_Support" / "support.sh"

@@ -9,6 +9,7 @@ import pytest
 
 from tests.models import two_input_model
 from tests.server import LiveServer
+from vlab_kernel.cli import _parse_param, main
 
 
 def one_error_line(stderr: str) -> str:
@@ -97,3 +98,37 @@ def test_vlab_token_overrides_the_local_credential(server: LiveServer) -> None:
     done = server.cli("targets", VLAB_TOKEN="vlab_bogus")
     assert done.returncode == 1
     assert "invalid or revoked API token" in one_error_line(done.stderr)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--param", "min_time_s=NaN"], "--param min_time_s: not valid JSON with finite numbers"),
+    (["--param", "min_time_s=-Infinity"], "--param min_time_s: not valid JSON"),
+    (["--param", "min_time_s=1e999"], "number is infinity"),
+    # json.loads raised RecursionError here: a traceback instead of one line.
+    (["--param", "shape=" + "[" * 3000 + "]" * 3000], "--param shape: not valid JSON"),
+    (["--param", "shape={\"a\": [1,"], "--param shape: not valid JSON"),
+])
+def test_bad_param_values_are_one_line(small_onnx: Path, capsys: pytest.CaptureFixture[str],
+                                       args: list[str], message: str) -> None:
+    code = main(["bench", str(small_onnx), "--target", "host-cpu", "--engine", "onnxruntime",
+                 *args])
+    assert code == 1
+    assert message in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("runs", ["0", "-5", "many", "1e999", "nan", "2.5"])
+def test_bad_run_counts_are_one_line(small_onnx: Path, capsys: pytest.CaptureFixture[str],
+                                     runs: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", str(small_onnx), "--target", "host-cpu", "--engine", "onnxruntime",
+              "--runs", runs])
+    assert exited.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"argument --runs: expects a whole number of at least 1, got {runs!r}" in line
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("threads=2", 2), ("level=all", "all"), ("version=1.2.3", "1.2.3"),
+    ("name=informal", "informal"), ("label=\"NaN\"", "NaN"), ("shape=[1, 2]", [1, 2])])
+def test_param_values_are_json_or_text(text: str, value: object) -> None:
+    assert _parse_param(text)[1] == value

@@ -11,11 +11,17 @@ serialises with `exclude_none`. Fields that only some answers carry (the `full` 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
+from vlab_backend.engines.base import check_json_value
 from vlab_backend.store.schema import Status
+
+# Bounds of the strings and counts that request bodies carry.
+DisplayName = Annotated[str, Field(max_length=200)]
+Description = Annotated[str, Field(max_length=10_000)]
+Count = Annotated[int, Field(ge=0, le=2**53)]
 
 # -- shared ------------------------------------------------------------------------------------
 
@@ -378,14 +384,14 @@ class Overview(BaseModel):
 
 class HardwareTypeBody(BaseModel):
     name: str
-    display_name: str = ""
-    description: str = ""
+    display_name: DisplayName = ""
+    description: Description = ""
 
 
 class EngineBody(BaseModel):
     name: str
-    display_name: str = ""
-    description: str = ""
+    display_name: DisplayName = ""
+    description: Description = ""
     supported_file_extensions: list[str] = Field(default_factory=list)
 
 
@@ -398,10 +404,16 @@ class InstanceBody(BaseModel):
 
 class ParameterBody(BaseModel):
     key: str
-    display_name: str = ""
-    description: str = ""
+    display_name: DisplayName = ""
+    description: Description = ""
     type: str = "string"
     default_values: Any = ""
+
+    @field_validator("default_values")
+    @classmethod
+    def _finite_and_shallow(cls, value: Any) -> Any:
+        check_json_value(value)
+        return value
 
 
 class HardwareTypeView(BaseModel):
@@ -526,8 +538,8 @@ class JobSpecView(BaseModel):
 
 class JobProgress(BaseModel):
     phase: str
-    done: int
-    total: int
+    done: Count
+    total: Count
 
 
 class Acknowledged(BaseModel):

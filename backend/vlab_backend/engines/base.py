@@ -7,16 +7,54 @@ engines and validate parameters without loading any of them.
 
 from __future__ import annotations
 
-import contextlib
-import json
+import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import orjson
 
 PARAMETER_TYPES = ("string", "integer", "number", "boolean", "object", "array", "enum")
+
+# Bounds of what a user may send as a parameter value, whatever the parameter declares.
+INT64 = (-(2**63), 2**63 - 1)
+MAX_STRING_CHARS = 4096
+MAX_JSON_DEPTH = 32
+# What Python's json reads as non-finite numbers, which orjson rightly refuses.
+_NON_FINITE = re.compile(r"NaN|Infinity")
+
+
+def check_json_value(value: Any) -> None:
+    """ValueError if lists and objects nest more than MAX_JSON_DEPTH deep in `value`, or if it
+    holds a non-finite number. Walks without recursion: the depth is what it checks."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite")
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth >= MAX_JSON_DEPTH:
+                raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+            stack.extend((child, depth + 1) for child in item)
+
+
+def parse_user_json(text: str | bytes) -> Any:
+    """JSON a user sent: no NaN or Infinity (nor numbers that overflow to it), nesting at most
+    MAX_JSON_DEPTH deep. ValueError saying what is wrong (the caller names the field); never
+    RecursionError (orjson stops at its own depth limit)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        hint = "; NaN and Infinity are not JSON numbers" if _NON_FINITE.search(
+            text if isinstance(text, str) else text.decode("utf-8", "replace")) else ""
+        raise ValueError(f"{exc}{hint}") from exc
+    check_json_value(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -29,9 +67,11 @@ class ParameterSpec:
     description: str = ""
     choices: tuple[Any, ...] = ()
     minimum: float | None = None
+    maximum: float | None = None
 
     def validate(self, value: Any) -> Any:
-        """The value coerced to the declared type; ValueError with a clear message if invalid."""
+        """The value coerced to the declared type; ValueError with a clear message if invalid.
+        Numbers are finite and within the declared bounds (integers within 64 bits)."""
         if self.type == "integer":
             if isinstance(value, bool) or not isinstance(value, int | str):
                 raise ValueError(f"parameter {self.key!r} must be an integer")
@@ -39,11 +79,14 @@ class ParameterSpec:
                 value = int(value)
             except ValueError as exc:
                 raise ValueError(f"parameter {self.key!r} must be an integer") from exc
+            self._check_range(value, *INT64)
         elif self.type == "number":
             try:
                 value = float(value)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"parameter {self.key!r} must be a number") from exc
+            if not math.isfinite(value):
+                raise ValueError(f"parameter {self.key!r} must be a finite number")
         elif self.type == "boolean":
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
                 value = value.lower() in ("true", "1")
@@ -57,42 +100,67 @@ class ParameterSpec:
             if isinstance(value, dict | list):
                 raise ValueError(f"parameter {self.key!r} must be a string")
             value = str(value)
+            if len(value) > MAX_STRING_CHARS:
+                raise ValueError(f"parameter {self.key!r} must be at most {MAX_STRING_CHARS} "
+                                 "characters")
         if self.choices and value not in self.choices:
             allowed = ", ".join(str(c) for c in self.choices)
             raise ValueError(f"parameter {self.key!r} must be one of: {allowed}")
-        if self.minimum is not None and value < self.minimum:
-            raise ValueError(f"parameter {self.key!r} must be at least {self.minimum:g}")
+        if self.type in ("integer", "number"):
+            self._check_range(value, self.minimum, self.maximum)
         return value
+
+    def _check_range(self, value: float, low: float | None, high: float | None) -> None:
+        if low is not None and value < low:
+            raise ValueError(f"parameter {self.key!r} must be at least {_number(low)}")
+        if high is not None and value > high:
+            raise ValueError(f"parameter {self.key!r} must be at most {_number(high)}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "type": self.type, "default": self.default,
                 "description": self.description, "choices": list(self.choices)}
 
 
+def _number(bound: float) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
 def _json_value(key: str, value: Any, kind: type, what: str) -> Any:
-    if isinstance(value, str):
-        with contextlib.suppress(json.JSONDecodeError):
-            value = json.loads(value)
+    try:
+        if isinstance(value, str):
+            value = parse_user_json(value)
+        check_json_value(value)
+    except ValueError as exc:
+        raise ValueError(f"parameter {key!r} must be {what} ({exc})") from exc
     if not isinstance(value, kind):
         raise ValueError(f"parameter {key!r} must be {what}")
     return value
 
 
+# Upper bounds of the harness's parameters: a run's timed phases stay well inside the
+# manager step's time limit (30 minutes by default).
+MAX_THREADS = 1024
+MAX_RUNS = 100_000
+MAX_WARMUP_S = 60.0
+MAX_MIN_TIME_S = 600.0
+
 # Parameters the harness itself understands, whatever the engine.
 COMMON_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("threads", "integer", 0, "intra-op threads; 0 = one per pinned core",
-                  minimum=0),
+                  minimum=0, maximum=MAX_THREADS),
     ParameterSpec("warmup_runs", "integer", 5, "untimed inferences before the timed ones",
-                  minimum=0),
-    ParameterSpec("warmup_min_s", "number", 0.2, "minimum warm-up time in seconds", minimum=0),
+                  minimum=0, maximum=MAX_RUNS),
+    ParameterSpec("warmup_min_s", "number", 0.2, "minimum warm-up time in seconds", minimum=0,
+                  maximum=MAX_WARMUP_S),
     ParameterSpec("min_time_s", "number", 0.0,
                   "keep running timed inferences until this many seconds have passed (TYPE1)",
-                  minimum=0),
-    ParameterSpec("seed", "integer", 0, "seed of the random inputs (TYPE1)", minimum=0),
+                  minimum=0, maximum=MAX_MIN_TIME_S),
+    ParameterSpec("seed", "integer", 0, "seed of the random inputs (TYPE1)", minimum=0,
+                  maximum=INT64[1]),
     ParameterSpec("profile_layers", "boolean", True,
                   "after the timed runs, profile per layer where the engine can (not timed)"),
     ParameterSpec("profile_runs", "integer", 10, "inferences of the per-layer profile",
-                  minimum=1),
+                  minimum=1, maximum=MAX_RUNS),
 )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from vlab_backend.engines.base import (
+    MAX_THREADS,
     EngineAdapter,
     EngineSpec,
     ParameterSpec,
@@ -31,7 +32,8 @@ SPEC = EngineSpec(
                       "run independent branches of the graph in parallel or not",
                       choices=("sequential", "parallel")),
         ParameterSpec("inter_op_threads", "integer", 0,
-                      "threads across operators (parallel mode); 0 = default", minimum=0),
+                      "threads across operators (parallel mode); 0 = default", minimum=0,
+                      maximum=MAX_THREADS),
     ),
 )
 

@@ -12,13 +12,18 @@ import numpy as np
 
 from vlab_backend.engines.base import EngineAdapter, EngineSpec, ParameterSpec, TensorSpec
 
+# One inference may wait a minute at most: a calibration run, not a way to hold an instance.
+MAX_LATENCY_MS = 60_000.0
+
 SPEC = EngineSpec(
     name="synthetic",
     display_name="Synthetic latency (calibration)",
     formats=("onnx", "tflite"),
     parameters=(
-        ParameterSpec("mean_ms", "number", 1.0, "mean latency of an inference", minimum=0),
-        ParameterSpec("std_ms", "number", 0.0, "standard deviation of the latency", minimum=0),
+        ParameterSpec("mean_ms", "number", 1.0, "mean latency of an inference", minimum=0,
+                      maximum=MAX_LATENCY_MS),
+        ParameterSpec("std_ms", "number", 0.0, "standard deviation of the latency", minimum=0,
+                      maximum=MAX_LATENCY_MS),
     ),
 )
 

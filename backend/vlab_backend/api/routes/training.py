@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,12 +11,13 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from vlab_backend.api.deps import submission_errors
-from vlab_backend.api.routes.benchmarks import parse_json_field
+from vlab_backend.api.routes.benchmarks import Page, PageLength, parse_json_field
 from vlab_backend.api.schemas import ERRORS, FLExperiment, FLHistory, Submitted
 from vlab_backend.api.state import AppState, StateDep, UserDep
 from vlab_backend.api.uploads import safe_filename, save_upload
 from vlab_backend.blobstore import sha256_file
 from vlab_backend.catalog import engine_profile
+from vlab_backend.engines.base import parse_user_json
 from vlab_backend.odt import (
     ConfigError,
     dataset_refs,
@@ -49,9 +49,11 @@ async def _config_part(part: UploadFile, what: str,
     if len(data) > CONFIG_LIMIT:
         raise HTTPException(413, f"the {what} config exceeds {CONFIG_LIMIT // 1024} KiB")
     try:
-        return validate(json.loads(data))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"the {what} config is not valid JSON") from exc
+        config = parse_user_json(data)
+    except ValueError as exc:
+        raise HTTPException(400, f"the {what} config is not valid JSON ({exc})") from exc
+    try:
+        return validate(config)
     except ConfigError as exc:
         raise HTTPException(400, f"invalid {what} config: {exc}") from exc
 
@@ -128,7 +130,7 @@ def _enabled_instances(state: AppState) -> list[TargetInstance]:
 
 
 @router.get("/api/benchmarks/fl")
-def fl_history(_user: UserDep, page: int = 1, page_length: int = 100) -> FLHistory:
+def fl_history(_user: UserDep, page: Page = 1, page_length: PageLength = 100) -> FLHistory:
     return FLHistory(count=0, page=page, page_length=page_length, results=[])
 
 

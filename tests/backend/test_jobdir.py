@@ -1,0 +1,56 @@
+"""The job directory's contract: its files, the result and the progress line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vlab_backend.jobdir import JobDir, JobSpec, PipelineResult, Progress, StepResult
+
+
+def spec() -> JobSpec:
+    return JobSpec(benchmark_id="b1", repository="/repo", target="host-cpu",
+                   target_uid="host-cpu-0", engine="onnxruntime", benchmark_type="TYPE1",
+                   nb_inference=5, model_path="/m", model_filename="m.onnx", cpuset=[0])
+
+
+def test_a_job_directory_round_trips_its_spec_reference_and_result(tmp_path: Path) -> None:
+    job = JobDir(tmp_path / "jobs" / "b1")
+    job.create(spec())
+    assert job.benchmark_id == "b1" and job.read_spec() == spec()
+    assert job.recorded_reference() is None and not job.has_result()
+    job.record_reference("123:4.5")
+    assert job.recorded_reference() == "123:4.5"
+    result = PipelineResult(steps=[StepResult("support", 0, False, 0.01)], started=1.0)
+    result.fail(0, "x")  # a failure always has a non-zero code
+    job.write_result(result)
+    assert job.read_result() == result and result.exit_code == 1
+    job.create(spec())  # a second start begins afresh
+    assert job.recorded_reference() is None and job.read_result() is None
+
+
+def test_platform_errors_are_marked_in_the_users_error_log(tmp_path: Path) -> None:
+    job = JobDir(tmp_path / "b1")
+    job.log_error("the host was lost")
+    job.log_error("again")
+    assert job.output("error_log").read_text() == "[vlab] the host was lost\n[vlab] again\n"
+
+
+def test_progress_lines_are_written_atomically_and_decoded(tmp_path: Path) -> None:
+    job = JobDir(tmp_path)
+    assert job.read_progress() is None
+    job.write_progress(Progress("inference", 3, 20))
+    assert job.progress_file.read_text() == "inference 3 20\n"
+    assert job.read_progress() == Progress("inference", 3, 20)
+    assert not list(tmp_path.glob("*.tmp"))
+    assert Progress.decode("inference 3") is None and Progress.decode("a b c") is None
+
+
+@pytest.mark.parametrize("data", [
+    "[]", "{}", '{"exit_code": "x"}', '{"exit_code": 1e999}', "[" * 100_000 + "]" * 100_000,
+    '{"exit_code": 0, "steps": [{"step": "build"}]}', "not json", b"\xff",
+])
+def test_anything_but_a_pipeline_result_is_refused(data: str | bytes) -> None:
+    with pytest.raises(ValueError):
+        PipelineResult.parse(data)
