@@ -2,14 +2,21 @@
 
 On one machine the server writes a local admin API token to `<data dir>/local-admin.token`
 (mode 0600) so that the CLI and notebook kernels of the same user need no login.
+
+Password checks (~0.1 s of CPU each) run on a few threads of their own, never on the thread
+pool that serves the synchronous request handlers: a storm of logins delays logins only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +26,17 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from vlab_backend.store.database import Database
 from vlab_backend.store.schema import ApiToken, User
 
 LOCAL_ADMIN_EMAIL = "admin@localhost"
 API_TOKEN_PREFIX = "vlab_"
 _hasher = PasswordHasher()
+# Half the cores this process may use (at most 4): the other half keeps serving the API.
+PASSWORD_WORKERS = max(1, min(4, len(os.sched_getaffinity(0)) // 2))
+_password_pool = ThreadPoolExecutor(PASSWORD_WORKERS, thread_name_prefix="vlab-password")
+# A user id in a token's `sub`: what the database can hold, nothing else.
+_USER_ID = re.compile(r"[1-9][0-9]{0,17}")
 
 
 class AuthError(Exception):
@@ -34,13 +47,35 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+@cache
+def _dummy_hash() -> str:
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
 def verify_password(password_hash: str | None, password: str) -> bool:
-    if not password_hash:
-        return False
+    """Whether `password` matches. Without a hash (no such account, or one without a password)
+    a dummy hash is verified all the same, so that the answer takes as long and tells nothing."""
     try:
-        return _hasher.verify(password_hash, password)
+        matches = _hasher.verify(password_hash or _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return False
+    return matches and bool(password_hash)
+
+
+def check_login(db: Database, email: str, password: str) -> User | None:
+    """The user with this e-mail and password, or None: one password verification whether or
+    not the account exists. The session is closed before the (slow) verification."""
+    with db.session() as session:
+        user = session.scalar(select(User).where(User.email == email))
+    if verify_password(user.password_hash if user else None, password):
+        return user
+    return None
+
+
+async def check_login_async(db: Database, email: str, password: str) -> User | None:
+    """`check_login` on the password threads (at most `PASSWORD_WORKERS` at a time)."""
+    return await asyncio.get_running_loop().run_in_executor(
+        _password_pool, check_login, db, email, password)
 
 
 def token_digest(token: str) -> str:
@@ -79,13 +114,18 @@ class TokenService:
 
     def user_id_from_jwt(self, token: str, kind: str) -> int:
         try:
-            claims: dict[str, Any] = jwt.decode(token, self._secret, algorithms=["HS256"])
+            claims: dict[str, Any] = jwt.decode(
+                token, self._secret, algorithms=["HS256"],
+                options={"require": ["sub", "exp", "iat", "type"]})
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("token expired; log in again") from exc
         except jwt.PyJWTError as exc:
             raise AuthError("invalid token") from exc
-        if claims.get("type") != kind:
+        if claims["type"] != kind:
             raise AuthError(f"a {kind} token is required")
+        # PyJWT has checked that `sub` is a string; one we issued holds a user id.
+        if not _USER_ID.fullmatch(claims["sub"]):
+            raise AuthError("invalid token")
         return int(claims["sub"])
 
     def authenticate(self, session: Session, token: str) -> User:

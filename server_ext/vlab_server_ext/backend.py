@@ -41,7 +41,10 @@ class EmbeddedBackend:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "vlab_kernel.cli", "serve", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--log-level", "warning",
-             "--warm-workers" if self.warm_workers else "--no-warm-workers"],
+             "--warm-workers" if self.warm_workers else "--no-warm-workers",
+             # Only the Jupyter server connects, and it forwards no client address: trust no
+             # proxy headers, whatever $VLAB_FORWARDED_ALLOW_IPS says.
+             "--forwarded-allow-ips", ""],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout_s

@@ -23,7 +23,7 @@ def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """What `vlab serve` would run: its settings and uvicorn's arguments (nothing listens)."""
     seen: dict[str, Any] = {}
     for name in ("VLAB_HOST", "VLAB_PORT", "VLAB_RUNNER", "VLAB_WARM_WORKERS",
-                 "VLAB_TARGETS_FILE"):
+                 "VLAB_TARGETS_FILE", "VLAB_FORWARDED_ALLOW_IPS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("VLAB_DATA_DIR", str(tmp_path / "data"))
 
@@ -36,7 +36,11 @@ def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
 
     monkeypatch.setattr(vlab_backend.api, "create_app", create_app)
     monkeypatch.setattr("uvicorn.run", run)
-    monkeypatch.setattr(Settings, "lock_data_dir", lambda self: 0)
+    def lock_data_dir(self: Settings) -> int:  # the directories, without the lock
+        self.ensure_dirs()
+        return 0
+
+    monkeypatch.setattr(Settings, "lock_data_dir", lock_data_dir)
     return seen
 
 
@@ -66,6 +70,13 @@ def test_serve_flags_override_the_environment(served: dict[str, Any], tmp_path: 
     monkeypatch.delenv("VLAB_WARM_WORKERS")
     assert main(["serve", "--no-warm-workers"]) == 0
     assert served["settings"].warm_workers is False
+
+
+def test_serve_trusts_no_proxy_headers_unless_told(served: dict[str, Any]) -> None:
+    assert main(["serve"]) == 0
+    assert served["proxy_headers"] is False
+    assert main(["serve", "--forwarded-allow-ips", "10.0.0.0/8"]) == 0
+    assert served["proxy_headers"] is True and served["forwarded_allow_ips"] == "10.0.0.0/8"
 
 
 def test_serve_refuses_a_bad_target_file_in_one_line(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from vlab_backend.auth import AuthError, TokenService
 from vlab_backend.config import Settings
 from vlab_backend.events import EventHub
+from vlab_backend.ratelimit import LoginThrottle
 from vlab_backend.scheduler import Scheduler
 from vlab_backend.store.database import Database
 from vlab_backend.store.schema import User
@@ -25,9 +26,11 @@ class AppState:
     tokens: TokenService
     hub: EventHub
     scheduler: Scheduler
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """Async, so that handing out the state takes no thread from the pool."""
     state: AppState = request.app.state.vlab
     return state
 
