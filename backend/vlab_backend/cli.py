@@ -42,11 +42,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from vlab_backend.api import create_app
+    from vlab_backend.store.database import Database, StoreUnusable
     from vlab_backend.targets import TargetConfigError, load_target_config
 
     settings = load_settings(host=args.host, port=args.port, runner=args.runner,
                              data_dir=args.data_dir, targets_file=args.targets,
-                             warm_workers=args.warm_workers)
+                             warm_workers=args.warm_workers,
+                             forwarded_allow_ips=args.forwarded_allow_ips)
     if settings.targets_file is not None:
         try:
             load_target_config(settings.targets_file)
@@ -56,8 +58,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.lock_data_dir()
     except RuntimeError as exc:
         raise UsageError(str(exc)) from None
+    store = Database(settings.db_url)
+    try:  # before uvicorn, which would print the start-up failure as a long traceback
+        store.check()
+    except StoreUnusable as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        store.dispose()
+    # Proxy headers only from the proxies named: uvicorn would otherwise believe 127.0.0.1
+    # (or $FORWARDED_ALLOW_IPS), and any local client could pose as any address.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=args.log_level, timeout_graceful_shutdown=5)
+                log_level=args.log_level, timeout_graceful_shutdown=5,
+                proxy_headers=bool(settings.forwarded_allow_ips),
+                forwarded_allow_ips=settings.forwarded_allow_ips or [])
     return 0
 
 
@@ -150,6 +163,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     serve.add_argument("--warm-workers", action=argparse.BooleanOptionalAction,
                        help="keep an engine process per instance to fork harness runs from "
                             "(default: on; $VLAB_WARM_WORKERS=0 turns it off)")
+    serve.add_argument("--forwarded-allow-ips", metavar="ADDRESSES",
+                       help="proxies whose X-Forwarded-For/-Proto headers are trusted: "
+                            "comma-separated addresses or networks, or '*' (default: "
+                            "$VLAB_FORWARDED_ALLOW_IPS, else none)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
 

@@ -6,6 +6,7 @@ flags). Defaults that clients share (host, port, data-dir rule, limits) come fro
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from vlab_kernel.defaults import (
     data_dir,
 )
 
+MAX_UPLOAD_PART = 64 * 1024**3  # bytes of one model or dataset
+MAX_STEP_S = 24 * 3600  # a pipeline step's time limit
+
 
 class Settings(BaseSettings):
     """Every field `name` reads `VLAB_<NAME>` unless it names its variable (`NOMAD_*`)."""
@@ -29,18 +33,19 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=data_dir)
     host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     runner: str = "local"
     targets_file: Path | None = None
     database_url: str | None = None
-    max_model_bytes: int = 512 * 1024 * 1024
-    max_dataset_bytes: int = 1024 * 1024 * 1024
-    max_nb_inference: int = DEFAULT_MAX_NB_INFERENCE
+    # Every number has bounds: a typo or an "inf" in the environment is refused at start.
+    max_model_bytes: int = Field(default=512 * 1024 * 1024, ge=1, le=MAX_UPLOAD_PART)
+    max_dataset_bytes: int = Field(default=1024 * 1024 * 1024, ge=1, le=MAX_UPLOAD_PART)
+    max_nb_inference: int = Field(default=DEFAULT_MAX_NB_INFERENCE, ge=1, le=10**9)
     # Limits of the pipeline's steps, in seconds.
-    timeout_support_s: int = 300
-    timeout_build_s: int = 900
-    timeout_deploy_s: int = 300
-    timeout_manager_s: int = 1800
+    timeout_support_s: int = Field(default=300, ge=1, le=MAX_STEP_S)
+    timeout_build_s: int = Field(default=900, ge=1, le=MAX_STEP_S)
+    timeout_deploy_s: int = Field(default=300, ge=1, le=MAX_STEP_S)
+    timeout_manager_s: int = Field(default=1800, ge=1, le=MAX_STEP_S)
     nomad_addr: str = Field(default="http://127.0.0.1:4646", validation_alias="NOMAD_ADDR")
     nomad_token: str = Field(default="", validation_alias="NOMAD_TOKEN")
     nomad_namespace: str = Field(default="default", validation_alias="NOMAD_NAMESPACE")
@@ -49,8 +54,23 @@ class Settings(BaseSettings):
     # An engine process per instance that forks harness runs: small jobs cost ~0.1 s instead of
     # ~0.5 s of platform overhead. `VLAB_WARM_WORKERS=0` (`--no-warm-workers`) starts cold.
     warm_workers: bool = True
-    access_token_minutes: int = 60
-    refresh_token_days: int = 7
+    access_token_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    refresh_token_days: int = Field(default=7, ge=1, le=365)
+    # Proxies whose X-Forwarded-For/-Proto are believed (addresses or networks, comma-separated,
+    # or "*"): none by default, so a client cannot pose as another address.
+    forwarded_allow_ips: str = ""
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"not an IP address or network: {entry!r}") from None
+        return ",".join(entries)
 
     @field_validator("data_dir", "targets_file")
     @classmethod
@@ -117,6 +137,11 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # An existing data dir too: it holds the credentials and the store (vlab.db: Database).
+        self.data_dir.chmod(0o700)
+        for secret in (self.credential_file, self.secret_file):
+            if secret.exists():
+                secret.chmod(0o600)
         for sub in (self.models_dir, self.datasets_dir, self.jobs_dir, self.artifacts_dir,
                     self.tmp_dir):
             sub.mkdir(parents=True, exist_ok=True)

@@ -107,7 +107,10 @@ class PipelineResult:
     @classmethod
     def parse(cls, data: str | bytes) -> PipelineResult:
         """Raises ValueError for anything but a pipeline result (it may come over HTTP)."""
-        raw = json.loads(data)
+        try:
+            raw = json.loads(data)
+        except RecursionError as exc:
+            raise ValueError("a pipeline result is not nested") from exc
         if not isinstance(raw, dict):
             raise ValueError("a pipeline result is a JSON object")
         try:
@@ -117,7 +120,7 @@ class PipelineResult:
             return cls(exit_code=int(raw["exit_code"]), message=str(raw.get("message") or ""),
                        steps=steps, started=_optional_float(raw.get("started")),
                        finished=_optional_float(raw.get("finished")))
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, OverflowError) as exc:
             raise ValueError(f"not a pipeline result: {exc}") from exc
 
 
@@ -149,6 +152,9 @@ class JobSpec:
     odt_config: dict[str, Any] = field(default_factory=dict)
     # Files placed at the repository root under their name (TYPE3 datasets): name -> path.
     extra_files: dict[str, str] = field(default_factory=dict)
+    # Directories the job's processes must not see, but for the job directory (the server's
+    # data dir); hidden where the pipeline can use namespaces.
+    hidden_dirs: list[str] = field(default_factory=list)
     # For runners that start the pipeline elsewhere (Nomad): the engine's image and host
     # resources from the target configuration.
     image: str = ""

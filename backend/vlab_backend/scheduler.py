@@ -153,6 +153,7 @@ class Scheduler:
                     extra_files[ref] = str(self.datasets.path(row.sha256))
         return JobSpec(
             benchmark_id=bench.id, odt_config=bench.odt_config, extra_files=extra_files,
+            hidden_dirs=[str(self.settings.data_dir)],
             repository=offer.get("repository", ""),
             target=instance.target_type, target_uid=instance.uid, engine=bench.engine,
             benchmark_type=bench.benchmark_type, nb_inference=bench.nb_inference,

@@ -31,6 +31,8 @@ from vlab_backend.store.schema import (
 from vlab_kernel.defaults import DEFAULT_NB_INFERENCE
 
 SUPPORTED_RUN_TYPES = ("TYPE1", "TYPE2", "TYPE3")
+NAMELESS_MODEL_PART = ("the 'model' part has no filename; send the model as a file, with its "
+                       "name (e.g. model.onnx)")
 INSPECTED_EXTENSIONS = (".onnx", ".tflite", ".zip")
 
 
@@ -113,8 +115,10 @@ def check_request(session: Session, request: RunRequest, max_nb_inference: int) 
         raise SubmissionError("TYPE2 needs a dataset (dataset_name)")
 
 
-def intake_upload(path: Path, filename: str, profile: EngineProfile | None) -> ModelInfo:
-    """Inspect an uploaded model and, given an engine, check that the engine runs its format.
+def intake_upload(path: Path, filename: str, profile: EngineProfile | None,
+                  max_model_bytes: int | None = None) -> ModelInfo:
+    """Inspect an uploaded model and, given an engine, check that the engine runs its format;
+    an archive may inflate to at most `max_model_bytes`.
 
     Formats the platform cannot inspect are accepted only for catalogue engines that declare
     their extension (their target repository checks the model itself)."""
@@ -127,7 +131,7 @@ def intake_upload(path: Path, filename: str, profile: EngineProfile | None) -> M
         return ModelInfo(format=suffix.lstrip("."), inputs=[], outputs=[], nb_parameters=0,
                          flops=0)
     try:
-        info = inspect_model(path, filename)
+        info = inspect_model(path, filename, max_model_bytes)
     except ModelRejected as exc:
         raise SubmissionError(str(exc)) from exc
     if profile is not None:

@@ -60,3 +60,23 @@ def test_without_a_worker_the_pipeline_starts_cold(runner: LocalRunner, tmp_path
     assert job.recorded_reference() == ref
     result = job.read_result()
     assert result is not None and result.succeeded
+
+
+# A step reads its parent's (the pipeline's) start-up environment, as a hostile script would.
+PARENT_ENVIRONMENT = 'tr "\\0" "\\n" < /proc/$PPID/environ > "$VLAB_OUT_DIR/parent.env"'
+
+
+def test_the_pipeline_starts_without_the_servers_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLAB_TOKEN", "vlab_server-token")
+    monkeypatch.setenv("NOMAD_TOKEN", "nomad-acl-token")
+    job = make_job(tmp_path, make_repository(tmp_path / "repo", {"build": PARENT_ENVIRONMENT}))
+    cold = LocalRunner(warm_workers=False)
+
+    async def run() -> None:
+        await cold.wait(job, await cold.start(job, job.read_spec()))
+
+    asyncio.run(run())
+    seen = (job.out / "parent.env").read_text()
+    assert "PATH=" in seen
+    assert "server-token" not in seen and "nomad-acl-token" not in seen

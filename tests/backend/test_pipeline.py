@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from tests.api.test_job_isolation import namespaces_available
 from vlab_backend.jobdir import JobDir, JobSpec
-from vlab_backend.pipeline import run_pipeline
+from vlab_backend.pipeline import isolation, run_pipeline
+from vlab_backend.pipeline.job import main as pipeline_main
 
 STEP_FILES = {
     "support": "AI_Support/support.sh", "build": "AI_Build/build.sh",
@@ -149,3 +156,113 @@ def test_server_secrets_do_not_reach_the_target(tmp_path: Path,
     assert "secret-token" not in seen and "hunter2" not in seen and "xyz" not in seen
     assert "PATH=" in seen and "MODEL_FILENAME=" in seen
     assert "PYTHONPATH=/opt/engines" in seen
+
+
+# A build step that leaves a daemon behind: double-forked and in its own session, it is
+# neither the step's child nor in the job's process group.
+DAEMON = '(setsid sleep 300 >/dev/null 2>&1 & echo $! > "$VLAB_OUT_DIR/daemon.pid")'
+
+
+def start_pipeline_process(job: JobDir) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "vlab_backend.pipeline", "--", str(job.root)],
+                            start_new_session=True)
+
+
+def daemon_pid(job: JobDir) -> int:
+    path = job.out / "daemon.pid"
+    deadline = time.monotonic() + 30
+    while not path.is_file() or not path.read_text().strip():
+        assert time.monotonic() < deadline, "the build step did not start its daemon"
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def assert_ended(pid: int) -> None:
+    """No daemon left with this pid (a zombie nobody has reaped yet counts as ended)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            process = psutil.Process(pid)
+            if process.status() == psutil.STATUS_ZOMBIE or process.cmdline()[:1] != ["sleep"]:
+                return
+        except psutil.NoSuchProcess:
+            return
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"the daemon {pid} outlived its job")
+        time.sleep(0.05)
+
+
+def test_a_daemon_a_step_starts_ends_with_the_job(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", {"build": DAEMON})
+    job = make_job(tmp_path, repo)
+    assert start_pipeline_process(job).wait(timeout=60) == 0
+    assert_ended(daemon_pid(job))
+
+
+def test_a_canceled_job_ends_its_daemons(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", {"build": DAEMON, "deploy": "sleep 300"})
+    job = make_job(tmp_path, repo)
+    pipeline = start_pipeline_process(job)
+    pid = daemon_pid(job)
+    deadline = time.monotonic() + 30
+    while "deploy" not in (job.out / "steps.txt").read_text():
+        assert pipeline.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(pipeline.pid, signal.SIGTERM)  # what the runner's cancel does
+    assert pipeline.wait(timeout=30) == 143
+    assert_ended(pid)
+
+
+# What a step tries, as a hostile target script would, to reach the server's data dir.
+PROBE = '''{{
+    cat ../../../jwt.secret "{data}/jwt.secret" || true
+    umount -l "{data}" || true
+    cat "{data}/jwt.secret" || true
+    echo "processes: $(ls /proc | grep -c '^[0-9]')"
+}} > "$VLAB_OUT_DIR/probe.txt" 2>&1'''
+
+
+def job_in_a_data_dir(tmp_path: Path) -> tuple[JobDir, Path]:
+    """A job under `<data>/jobs/` that hides `<data>`, where the server's secret lies."""
+    data = tmp_path / "data"
+    (data / "jobs").mkdir(parents=True)
+    (data / "jwt.secret").write_text("the-server-secret\n")
+    repo = make_repository(tmp_path / "repo", {"build": PROBE.format(data=data)})
+    job = make_job(tmp_path, repo, hidden_dirs=[str(data)])
+    moved = JobDir(data / "jobs" / "b1")
+    job.root.rename(moved.root)
+    return moved, data
+
+
+@pytest.mark.skipif(not namespaces_available(), reason="no user namespaces here")
+def test_a_job_sees_its_own_directory_and_processes_only(tmp_path: Path) -> None:
+    job, _data = job_in_a_data_dir(tmp_path)
+    assert start_pipeline_process(job).wait(timeout=60) == 0
+    seen = (job.out / "probe.txt").read_text()
+    assert "the-server-secret" not in seen, seen
+    assert int(seen.split("processes: ")[1].split()[0]) < 10, seen
+    assert job.read_result() is not None  # written from inside, through the job's mount
+
+
+def test_without_namespaces_a_job_runs_and_says_so(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    job, _data = job_in_a_data_dir(tmp_path)
+    log = tmp_path / "pipeline.err"
+    pid = os.fork()
+    if pid == 0:  # this process's namespaces stay as they are: the pipeline runs in a child
+        code = 1
+        try:
+            def refuse(_flags: int) -> None:
+                raise PermissionError(1, "unshare: Operation not permitted")
+
+            monkeypatch.setattr(isolation, "_unshare", refuse)
+            sys.stderr = log.open("w")
+            code = pipeline_main(["--", str(job.root)])
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "the job runs without namespaces" in log.read_text()
+    assert "unshare: Operation not permitted" in log.read_text()
+    assert "the-server-secret" in (job.out / "probe.txt").read_text()

@@ -5,10 +5,18 @@ CI the PostgreSQL cases are skipped when it is not set."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -94,3 +102,137 @@ def test_constraints_json_and_fifo_order(db: Database) -> None:
     with pytest.raises(IntegrityError), db.session() as session:
         session.add(User(email="ada@example.org", is_admin=False))
         session.flush()
+
+
+# -- storage errors ------------------------------------------------------------------------------
+# The server's answer to an upload when its data dir's tmp/ is a tiny file system: a real full
+# disk, in a private mount namespace of a subprocess (root only; skipped elsewhere).
+FULL_DISK_CLIENT = """
+import json, sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from vlab_backend.api import create_app
+from vlab_backend.config import Settings
+
+data_dir, size = Path(sys.argv[1]), int(sys.argv[2])
+with TestClient(create_app(Settings(data_dir=data_dir))) as client:
+    token = (data_dir / "local-admin.token").read_text().strip()
+    answer = client.post("/api/models/download", headers={"Authorization": f"Bearer {token}"},
+                         files={"model": ("m.onnx", b"\\0" * size)})
+    print(json.dumps({"status": answer.status_code, "body": answer.json(),
+                      "left": sorted(p.name for p in (data_dir / "tmp").iterdir())}))
+"""
+
+
+def upload_to_a_full_disk(tmp_path: Path, upload_bytes: int, tmpfs_bytes: int) -> dict[str, Any]:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to mount a small tmpfs")
+    data_dir = tmp_path / "data"
+    (data_dir / "tmp").mkdir(parents=True)
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c",
+         f'mount -t tmpfs -o size={tmpfs_bytes} tmpfs "$1/tmp" && exec "$2" -c "$3" "$1" "$4"',
+         "sh", str(data_dir), sys.executable, FULL_DISK_CLIENT, str(upload_bytes)],
+        capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "mount" in done.stderr and not done.stdout:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("upload_mib", "tmpfs_mib"), [
+    (2, 3),  # the form parser spools the part, saving a copy of it fills the disk
+    (4, 2),  # the form parser's own spool fills the disk
+])
+def test_an_upload_to_a_full_disk_is_a_507(tmp_path: Path, upload_mib: int,
+                                           tmpfs_mib: int) -> None:
+    answer = upload_to_a_full_disk(tmp_path, upload_mib << 20, tmpfs_mib << 20)
+    assert answer["status"] == 507, answer
+    assert "out of storage space" in answer["body"]["error"]
+    assert answer["left"] == []  # nothing half-written stays behind
+
+
+def test_a_corrupt_database_stops_the_server_with_one_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "vlab.db").write_bytes(b"not a database, but not empty either" * 200)
+    done = subprocess.run([sys.executable, "-m", "vlab_kernel.cli", "serve", "--data-dir",
+                           str(data_dir), "--port", "1", "--no-warm-workers"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "vlab.db cannot be used (file is not a database)" in done.stderr
+    assert "restore it from a backup" in done.stderr
+
+
+def test_existing_data_dirs_and_secrets_become_private(tmp_path: Path) -> None:
+    from vlab_backend.config import Settings
+
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.data_dir.mkdir(mode=0o755)
+    settings.data_dir.chmod(0o755)
+    for secret in (settings.credential_file, settings.secret_file):
+        secret.write_text("secret\n")
+        secret.chmod(0o644)
+    database_file = settings.data_dir / "vlab.db"
+    sqlite3.connect(database_file).close()
+    database_file.chmod(0o644)
+    settings.ensure_dirs()
+    database = Database(settings.db_url)
+    database.migrate()
+    database.dispose()
+    assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
+    for path in (settings.credential_file, settings.secret_file, database_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_a_new_database_is_private(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'new.db'}")
+    database.migrate()
+    database.dispose()
+    assert stat.S_IMODE((tmp_path / "new.db").stat().st_mode) == 0o600
+
+
+def test_a_part_over_its_limit_is_refused_as_it_streams_in() -> None:
+    """A model part over the model limit but under the request limit: refused once the part
+    passes its limit, long before the rest of the body is read."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.types import Message
+
+    from vlab_backend.api.uploads import BodySizeLimit
+
+    async def form(request: Request) -> JSONResponse:
+        await request.form()
+        return JSONResponse({"ok": True})
+
+    app = BodySizeLimit(Starlette(routes=[Route("/", form, methods=["POST"])]),
+                        limit=64 << 20, part_limits={"model": 1 << 20})
+    chunk = 64 << 10
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"model\"; filename=\"m.onnx\"\r\n\r\n"
+            + b"\0" * (8 << 20) + b"\r\n--b--\r\n")
+    sent = 0
+    answer: list[Message] = []
+
+    async def receive() -> Message:
+        nonlocal sent
+        piece = body[sent:sent + chunk]
+        sent += len(piece)
+        return {"type": "http.request", "body": piece, "more_body": sent < len(body)}
+
+    async def send(message: Message) -> None:
+        answer.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "raw_path": b"/",
+             "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+             "server": ("testserver", 80), "client": ("127.0.0.1", 1),
+             "headers": [(b"content-type", b"multipart/form-data; boundary=b")]}
+    asyncio.run(app(scope, receive, send))
+    assert answer[0]["status"] == 413
+    assert json.loads(answer[1]["body"])["error"] == \
+        "the model exceeds the upload limit of 1 MiB"
+    assert sent <= (1 << 20) + 2 * chunk  # the part's limit and a chunk, not 8 MiB

@@ -222,3 +222,24 @@ def test_a_worker_preloads_an_installed_engine_and_survives_broken_ones(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_a_pool_starts_its_workers_without_the_servers_secrets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Runs are forks of the worker: their /proc/<pid>/environ is the worker's start-up one.
+    monkeypatch.setenv("VLAB_TOKEN", "vlab_server-token")
+    monkeypatch.setenv("NOMAD_TOKEN", "nomad-acl-token")
+    monkeypatch.setenv("CI", "true")  # no OpenVINO telemetry (see start_worker)
+    pool = warm.WarmPool()
+    try:
+        path = pool.socket_for([])
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert time.monotonic() < deadline, "the warm worker did not start"
+            time.sleep(0.05)
+        environment = worker_process(path).environ()
+    finally:
+        pool.close()
+    assert "PATH" in environment
+    assert not {"VLAB_TOKEN", "NOMAD_TOKEN"} & set(environment)

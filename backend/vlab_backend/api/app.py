@@ -8,10 +8,11 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vlab_backend import __version__, catalog
 from vlab_backend.api.routes import (
@@ -27,7 +28,12 @@ from vlab_backend.api.routes import (
     users,
 )
 from vlab_backend.api.state import AppState
-from vlab_backend.api.uploads import BodySizeLimit, UploadTooLarge
+from vlab_backend.api.uploads import (
+    STORAGE_FULL_MESSAGE,
+    BodySizeLimit,
+    UploadTooLarge,
+    storage_full,
+)
 from vlab_backend.auth import TokenService, ensure_local_admin, load_or_create_secret
 from vlab_backend.config import Settings
 from vlab_backend.events import EventHub
@@ -102,15 +108,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="VLab workbench API", version=__version__, lifespan=lifespan,
                   description="dAIEdge-VLab compatible benchmarking API")
     app.state.vlab = state
-    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
+    # A model or dataset part over its own limit is refused as it streams in.
+    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes,
+                       part_limits={"model": settings.max_model_bytes,
+                                    "dataset": settings.max_dataset_bytes})
     # Literal paths (datasets, train, fl, ...) before the /api/benchmarks/{id} patterns.
     for router in (status.router, users.router, datasets.router, training.router,
                    benchmarks.router, models.router, targets.router, resources.router,
                    jobs.router, hosts.router):
         app.include_router(router)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's class: what FastAPI raises for a body it cannot parse is one too.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if storage_full(exc.__cause__):  # the form parser's spool hit a full disk
+            return JSONResponse(_error_body(STORAGE_FULL_MESSAGE), status_code=507)
         return JSONResponse(_error_body(str(exc.detail)), status_code=exc.status_code,
                             headers=exc.headers)
 
@@ -120,6 +132,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
             for e in exc.errors())
         return JSONResponse(_error_body(f"invalid request: {problems}"), status_code=422)
+
+    @app.exception_handler(OSError)
+    async def storage_error(_request: Request, exc: OSError) -> JSONResponse:
+        if storage_full(exc):
+            return JSONResponse(_error_body(STORAGE_FULL_MESSAGE), status_code=507)
+        raise exc  # any other OSError is the server's fault: a 500, logged
 
     @app.exception_handler(UploadTooLarge)
     async def too_large(_request: Request, exc: UploadTooLarge) -> JSONResponse:

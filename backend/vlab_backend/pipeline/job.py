@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from vlab_backend.jobdir import STEPS, JobDir, JobSpec, PipelineResult, StepResult
+from vlab_backend.pipeline import isolation
 
-__all__ = ["JobSpec", "main", "run_pipeline"]
+__all__ = ["JobSpec", "job_environment", "main", "run_pipeline"]
 
 def timestamped(filename: str) -> str:
     """`model.onnx` -> `model_20261128203000.onnx`: unique per job, extension kept."""
@@ -25,15 +26,18 @@ def timestamped(filename: str) -> str:
     return f"{path.stem}_{datetime.now().strftime('%Y%m%d%H%M%S')}{path.suffix}"
 
 
-# The only variables of the server's environment that target scripts see: nothing secret
-# (tokens, database URLs) can leak into their logs. PYTHONPATH: the harness runs in the
-# server's interpreter (VLAB_PYTHON) and must find the engines the server found.
+# The only variables of the server's environment that a job's processes see (pipeline, warm
+# worker, target scripts, harness): nothing secret (tokens, database URLs) can leak into their
+# logs or be read from /proc/<parent>/environ. PYTHONPATH: the harness runs in the server's
+# interpreter (VLAB_PYTHON) and must find the engines the server found.
 INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
              "VIRTUAL_ENV", "PYTHONPATH", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 INHERITED_PREFIXES = ("LC_", "OMP_", "MKL_")
 
 
-def inherited_environment() -> dict[str, str]:
+def job_environment() -> dict[str, str]:
+    """The environment every process of a job starts from: the few variables of this
+    process's environment named above, nothing else."""
     return {k: v for k, v in os.environ.items()
             if k in INHERITED or k.startswith(INHERITED_PREFIXES)}
 
@@ -52,7 +56,7 @@ def _prepare_workdir(spec: JobSpec, job: JobDir) -> dict[str, str]:
     job.out.mkdir(parents=True, exist_ok=True)
     model_name = timestamped(spec.model_filename)
     shutil.copyfile(spec.model_path, work / model_name)
-    env = inherited_environment()
+    env = job_environment()
     env.update({
         "TARGET": spec.target,
         "TARGET_UID": spec.target_uid,
@@ -88,6 +92,28 @@ def _prepare_workdir(spec: JobSpec, job: JobDir) -> dict[str, str]:
     return env
 
 
+# prctl(2) option: orphans of our descendants reparent to this process instead of init.
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> bool:
+    """Make the pipeline the reaper of whatever its steps start, so that a daemon a step
+    double-forks (`setsid cmd &`) stays below it and ends with the job (`_end_leftovers`)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def _children() -> set[int]:
+    """This process's children, from /proc (psutil would cost every pipeline its import)."""
+    pids: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids.update(int(pid) for pid in (task / "children").read_text().split())
+    return pids
+
+
 def _kill_tree(pid: int) -> None:
     import psutil  # only on a time-out: not worth its import time in every pipeline
 
@@ -100,6 +126,19 @@ def _kill_tree(pid: int) -> None:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.kill()
     psutil.wait_procs(procs, timeout=5)
+
+
+def _end_leftovers() -> None:
+    """SIGKILL every process still below the pipeline, until none is left: a killed process's
+    own children reparent here (subreaper) and go in the next round. The pids cannot be
+    reused meanwhile: they are our unreaped children."""
+    while children := _children():
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 def _run_step(script: Path, work: Path, env: dict[str, str], timeout_s: int,
@@ -133,8 +172,10 @@ def _run_step(script: Path, work: Path, env: dict[str, str], timeout_s: int,
     return (124, True) if expired.is_set() else (code, False)
 
 
-def run_pipeline(job_dir: Path) -> PipelineResult:
-    """Run the job in `job_dir` and write its result; returns the result."""
+def run_pipeline(job_dir: Path, isolate: bool = False) -> PipelineResult:
+    """Run the job in `job_dir` and write its result; returns the result. With `isolate`, the
+    steps run in the job's own namespaces (see `isolation`), from a child process: this
+    process then waits for it and exits with its exit code."""
     job = JobDir(job_dir)
     spec = job.read_spec()
     cores = set(spec.cpuset) & os.sched_getaffinity(0)
@@ -148,6 +189,8 @@ def run_pipeline(job_dir: Path) -> PipelineResult:
         result.fail(1, f"could not prepare the job: {exc}")
         _finish(job, result)
         return result
+    if isolate:
+        isolation.enter(job.root, [Path(d) for d in spec.hidden_dirs])
     for name, relative in STEPS:
         script = job.work / relative
         if not script.is_file():
@@ -174,15 +217,23 @@ def _finish(job: JobDir, result: PipelineResult) -> None:
 
 
 def _terminate(_signum: int, _frame: Any) -> None:
-    # Cancel: the runner signals the whole process group; leave without writing a result.
+    # Cancel: the runner signals the whole process group; what left the group (daemons) ends
+    # here. Leave without writing a result.
+    _end_leftovers()
     os._exit(143)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--"]:
+        args = args[1:]
     if len(args) != 1:
-        print("usage: python -m vlab_backend.pipeline JOB_DIR", file=sys.stderr)
+        print("usage: python -m vlab_backend.pipeline [--] JOB_DIR", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
-    result = run_pipeline(Path(args[0]))
+    if not _become_subreaper():
+        print("vlab pipeline: prctl(PR_SET_CHILD_SUBREAPER) failed: daemons the steps start "
+              "may outlive the job", file=sys.stderr)
+    result = run_pipeline(Path(args[0]), isolate=True)
+    _end_leftovers()  # the job's process ends last: nothing it started runs on
     return 0 if result.succeeded else 1

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from vlab_backend.jobdir import JobDir, JobSpec
+from vlab_backend.pipeline.job import job_environment
 from vlab_backend.runners import warm_client
 from vlab_backend.runners.warm import WarmPool, parse_reply, send_request
 
@@ -85,10 +86,10 @@ class LocalRunner:
             if ref is not None:
                 job.record_reference(str(ref))
                 return str(ref)
-        command = [sys.executable, "-m", "vlab_backend.pipeline", str(job.root)]
+        command = [sys.executable, "-m", "vlab_backend.pipeline", "--", str(job.root)]
         with job.pipeline_output.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
-                *command,
+                *command, env=job_environment(),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True)
         if spec.cpuset:
@@ -110,8 +111,8 @@ class LocalRunner:
             await asyncio.get_running_loop().sock_connect(connection, str(socket_path))
             connection.setblocking(True)  # a few kilobytes: sent at once
             send_request(connection, {
-                "module": "vlab_backend.pipeline", "args": [str(job.root)], "cwd": str(job.root),
-                "env": dict(os.environ), "detached": True,
+                "module": "vlab_backend.pipeline", "args": ["--", str(job.root)],
+                "cwd": str(job.root), "env": job_environment(), "detached": True,
                 "pid_file": str(job.reference_file)}, [null, log, log])
         except OSError:
             connection.close()

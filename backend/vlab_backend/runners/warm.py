@@ -15,7 +15,7 @@ as `<pid>:<start time>` before the worker answers) with its stdin, stdout and st
 (SCM_RIGHTS); the worker answers `pid <pid> <start time>` once the child leads its own process
 group and `exit <code>` when it has ended.
 
-    python -m vlab_backend.runners.warm SOCKET CORES
+    python -m vlab_backend.runners.warm [--] SOCKET CORES
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ import os
 import runpy
 import signal
 import socket
+import struct
 import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+from vlab_backend.pipeline import isolation
 
 # What every warm worker imports before it forks, whatever the engines: the pipeline, the
 # harness and their dependencies. The engines add theirs (`engine_preloads`).
@@ -97,7 +100,7 @@ def _release(*fds: int) -> None:
 
 
 def _run_child(request: dict[str, Any], connection: socket.socket, fds: list[int],
-               ready: int) -> None:
+               ready: int, client: int) -> None:
     """In the forked child: become the requested module's process, then exit."""
     code = 1
     try:
@@ -108,13 +111,18 @@ def _run_child(request: dict[str, Any], connection: socket.socket, fds: list[int
         os.setsid()
         if request.get("pid_file"):
             # Before the answer: a server that dies meanwhile finds the run by this file.
-            Path(request["pid_file"]).write_text(f"{os.getpid()}:{_start_time(os.getpid())}\n")
+            # The pid on this machine: in its own PID namespace, the run may be 1 (fork_for).
+            pid = int(os.readlink("/proc/self"))
+            Path(request["pid_file"]).write_text(f"{pid}:{_start_time(pid)}\n")
         os.write(ready, b"1")  # the process group exists: the run can be killed as a whole
         os.close(ready)
         for target, fd in zip((0, 1, 2), fds, strict=True):
             os.dup2(fd, target)
         for fd in set(fds) - {0, 1, 2}:
             os.close(fd)
+        # A run a job asks for (the harness) runs where the job runs, with no more rights
+        # and no more view of the machine than the job has.
+        isolation.join(client)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -155,10 +163,14 @@ def _serve_request(connection: socket.socket) -> None:
     _hold(*fds)
     ready_read, ready_write = os.pipe()
     _hold(ready_read, ready_write)
+    client, _uid, _gid = struct.unpack("3i", connection.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
     try:
-        pid = os.fork()
+        # A pipeline (detached) becomes the first process of its job's PID namespace; a run
+        # a job asks for, a process of that job's.
+        pid = isolation.fork_for(client, fresh=bool(request.get("detached")))
         if pid == 0:
-            _run_child(request, connection, fds, ready_write)
+            _run_child(request, connection, fds, ready_write, client)
     except OSError:
         _release(ready_read)
         raise
@@ -312,10 +324,15 @@ class WarmPool:
         key = "-".join(str(c) for c in sorted(cores)) or "all"
         worker = self._workers.get(key)
         if worker is None or worker[0].poll() is not None:
+            from vlab_backend.pipeline.job import job_environment
+
             path = self._directory / f"{key}.sock"
+            # The runs are forks of the worker: their /proc/<pid>/environ is the worker's
+            # start-up environment, so the worker starts with a job's, not the server's.
             proc = self._subprocess.Popen(
-                [sys.executable, "-m", "vlab_backend.runners.warm", str(path),
-                 ",".join(str(c) for c in cores)], stdin=self._subprocess.DEVNULL)
+                [sys.executable, "-m", "vlab_backend.runners.warm", "--", str(path),
+                 ",".join(str(c) for c in cores)], env=job_environment(),
+                stdin=self._subprocess.DEVNULL)
             worker = (proc, path)
             self._workers[key] = worker
         return worker[1]
@@ -333,5 +350,10 @@ class WarmPool:
         shutil.rmtree(self._directory, ignore_errors=True)
 
 
+def main(argv: list[str]) -> None:
+    socket_path, cores = argv[1:] if argv[:1] == ["--"] else argv
+    serve(Path(socket_path), {int(c) for c in cores.split(",") if c})
+
+
 if __name__ == "__main__":
-    serve(Path(sys.argv[1]), {int(c) for c in sys.argv[2].split(",") if c})
+    main(sys.argv[1:])

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class StoreUnusable(Exception):
+    """The database cannot be opened or read: a one-line message saying what to do."""
 
 
 class Database:
@@ -19,10 +26,28 @@ class Database:
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
             connect_args = {"check_same_thread": False, "timeout": 30}
+            _make_private(make_url(url).database)
         self.engine: Engine = create_engine(url, connect_args=connect_args, future=True)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def check(self) -> None:
+        """Raises StoreUnusable unless the database opens and reads (a corrupt SQLite file, a
+        PostgreSQL server that cannot be reached)."""
+        try:
+            with self.engine.connect() as connection:
+                if self.engine.dialect.name == "sqlite":
+                    connection.execute(text("SELECT count(*) FROM sqlite_master"))
+                else:
+                    connection.execute(text("SELECT 1"))
+        except DBAPIError as exc:
+            where = self.engine.url.database if self.engine.dialect.name == "sqlite" else \
+                self.engine.url.render_as_string(hide_password=True)
+            reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+            raise StoreUnusable(
+                f"the database {where} cannot be used ({reason}): restore it from a backup, or "
+                "move it away to start with an empty store") from None
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (Alembic), creating it if needed."""
@@ -51,6 +76,19 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _make_private(path: str | None) -> None:
+    """The SQLite file (and so its -wal and -shm files, which SQLite creates with its mode)
+    is readable by the server's user only."""
+    if not path or path == ":memory:":
+        return
+    # A directory that does not exist yet, read-only media: SQLite says so itself.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        with contextlib.suppress(OSError):
+            os.chmod(name, 0o600)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

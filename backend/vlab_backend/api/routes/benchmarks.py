@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from vlab_backend.blobstore import sha256_file
 from vlab_backend.catalog import engine_profile
 from vlab_backend.config import Settings
 from vlab_backend.engines import engine_specs
+from vlab_backend.engines.base import parse_user_json
 from vlab_backend.intake import ModelInfo
 from vlab_backend.scheduler import benchmark_event
 from vlab_backend.store.schema import (
@@ -65,6 +65,7 @@ from vlab_backend.store.schema import (
     User,
 )
 from vlab_backend.submission import (
+    NAMELESS_MODEL_PART,
     RunRequest,
     check_dataset_fits,
     check_format,
@@ -88,15 +89,20 @@ ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
     428: {"model": ErrorAnswer, "description": "the benchmark has not ended yet"},
 }
 NO_CONTENT = 204
+MAX_JSON_FIELD_CHARS = 64 * 1024
 
 
 def parse_json_field(raw: str | None, what: str, kind: type) -> Any:
+    """A form field that carries JSON: 400 naming the field if it is too long, not JSON, has
+    a non-finite number or nests too deeply."""
     if raw in (None, ""):
         return kind()
+    if len(raw) > MAX_JSON_FIELD_CHARS:
+        raise HTTPException(400, f"{what} must be at most {MAX_JSON_FIELD_CHARS} characters")
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise HTTPException(400, f"{what} must be JSON ({exc.msg})") from exc
+        value = parse_user_json(raw)
+    except ValueError as exc:
+        raise HTTPException(400, f"{what} must be JSON ({exc})") from exc
     if not isinstance(value, kind):
         raise HTTPException(400, f"{what} must be a JSON {kind.__name__}")
     return value
@@ -127,6 +133,8 @@ async def run_benchmark(
         model_ref=model_ref, public=public)
     if model is None and not model_ref:
         raise HTTPException(400, "send a model file (part 'model') or a model_ref")
+    if model is not None and not model.filename:
+        raise HTTPException(400, NAMELESS_MODEL_PART)
     await run_in_threadpool(_check, state, request)
     upload = None
     if model is not None and model.filename:
@@ -155,7 +163,7 @@ def _accept(state: AppState, user: User, request: RunRequest, model: UploadFile 
         dataset = (resolve_dataset(session, user, request.dataset_name)
                    if request.dataset_name else None)
         if upload is not None:
-            info = intake_upload(upload, filename, profile)
+            info = intake_upload(upload, filename, profile, state.settings.max_model_bytes)
             if dataset is not None:
                 check_dataset_fits(dataset, info)
             stored = store_model(session, state.scheduler.models, user, upload, filename,
