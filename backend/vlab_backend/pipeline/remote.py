@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -19,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from vlab_backend.jobdir import JobDir, JobSpec, Progress
-from vlab_backend.pipeline.job import run_pipeline
+from vlab_backend.jobdir import JobDir, JobSpec, PipelineResult, Progress
+from vlab_backend.pipeline.job import job_environment
 
 
 def _download(client: httpx.Client, url: str, target: Path) -> None:
@@ -59,6 +60,21 @@ def _upload_outputs(client: httpx.Client, url: str, job: JobDir) -> None:
             handle.close()
 
 
+def _run_pipeline(job: JobDir) -> PipelineResult:
+    """The pipeline as a process of its own, started from the minimal job environment: this
+    process holds the job's credential in its environment, which the target scripts (the
+    pipeline's children) must not find in `/proc/$PPID/environ`. The pipeline also isolates
+    its steps where the container allows namespaces (see `pipeline.isolation`)."""
+    code = subprocess.call([sys.executable, "-m", "vlab_backend.pipeline", "--", str(job.root)],
+                           env=job_environment(), stdin=subprocess.DEVNULL)
+    result = job.read_result()
+    if result is None:  # killed before it could write one
+        result = PipelineResult()
+        result.fail(code, f"the pipeline ended with code {code} and no result")
+        job.write_result(result)
+    return result
+
+
 def main() -> int:
     api = os.environ["VLAB_API_URL"].rstrip("/")
     bench_id = os.environ["VLAB_BENCHMARK_ID"]
@@ -84,7 +100,7 @@ def main() -> int:
             client, f"{base}/progress", job, stop))
         relay.start()
         try:
-            result = run_pipeline(job.root)
+            result = _run_pipeline(job)
         finally:
             stop.set()
             relay.join(timeout=2)
