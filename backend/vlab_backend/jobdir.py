@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,31 @@ ERROR_PREFIX = "[vlab] "
 
 def error_line(message: str) -> str:
     return f"{ERROR_PREFIX}{message}\n"
+
+
+def read_regular_file(path: Path, limit: int) -> bytes | None:
+    """The bytes of `path` if it is a regular file (not a link, a FIFO or a device) of at
+    most `limit` bytes, else None. The job can write in its directory: the server reads what
+    it left without following links and without blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, limit + 1)
+        return data if len(data) <= limit else None
+    finally:
+        os.close(fd)
+
+
+def is_regular_file(path: Path) -> bool:
+    """Whether `path` itself (not what a link names) is a regular file."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -212,6 +238,11 @@ class JobDir:
     def out(self) -> Path:
         return self.work / OUT_DIR
 
+    def outputs_are_own(self) -> bool:
+        """Whether `out` is the job's own folder, not a link the target made to elsewhere."""
+        return os.path.realpath(self.out) == os.path.join(os.path.realpath(self.root), "work",
+                                                          OUT_DIR)
+
     def output(self, artifact: str) -> Path:
         """The file of one artifact (`report`, `error_log`, ...) under AI_Manager/out."""
         return self.out / OUTPUT_FILES[artifact]
@@ -247,16 +278,12 @@ class JobDir:
         self.reference_file.write_text(f"{ref}\n")
 
     def recorded_reference(self) -> str | None:
-        try:
-            return self.reference_file.read_text().strip() or None
-        except OSError:
-            return None
+        data = read_regular_file(self.reference_file, 4096)
+        return data.decode(errors="replace").strip() or None if data is not None else None
 
     def read_progress(self) -> Progress | None:
-        try:
-            return Progress.decode(self.progress_file.read_text())
-        except OSError:
-            return None
+        data = read_regular_file(self.progress_file, 4096)
+        return Progress.decode(data.decode(errors="replace")) if data is not None else None
 
     def write_progress(self, progress: Progress) -> None:
         progress.write(self.progress_file)
@@ -266,9 +293,10 @@ class JobDir:
 
     def read_result(self) -> PipelineResult | None:
         """None while the pipeline has not finished (or if what it left is unreadable)."""
+        data = read_regular_file(self.result_file, 1 << 20)
         try:
-            return PipelineResult.parse(self.result_file.read_bytes())
-        except (OSError, ValueError):
+            return PipelineResult.parse(data) if data is not None else None
+        except ValueError:
             return None
 
     def write_result(self, result: PipelineResult) -> None:

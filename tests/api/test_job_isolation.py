@@ -37,9 +37,24 @@ def probing_repository(root: Path, data_dir: Path, daemon_marker: str) -> Path:
 {{
     echo "parent environment: $(tr '\\0' ' ' < /proc/$PPID/environ)"
     for secret in ../../../jwt.secret ../../../local-admin.token ../../../vlab.db \\
-                  "{data_dir}/jwt.secret" "{data_dir}/local-admin.token" "{data_dir}/vlab.db"; do
+                  "{data_dir}/jwt.secret" "{data_dir}/local-admin.token" "{data_dir}/vlab.db" \\
+                  /proc/1/cwd/../../jwt.secret "/proc/$PPID/cwd/../../jwt.secret" \\
+                  /proc/1/root{data_dir}/jwt.secret; do
         if [[ -r "$secret" ]]; then echo "readable: $secret"; fi
     done
+    echo "jobs visible: $(ls /proc/1/cwd/.. 2>/dev/null | wc -l)"
+    if [[ -n "${{VLAB_HARNESS_SOCKET:-}}" ]]; then
+        # Ask the warm worker, which runs outside the job, to write a file of the server's.
+        "$VLAB_PYTHON" - "$VLAB_HARNESS_SOCKET" "{data_dir}/jwt.secret" <<'PY' || true
+import socket, sys
+from vlab_backend.runners.warm import send_request
+connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+connection.connect(sys.argv[1])
+send_request(connection, {{"module": "this", "args": [], "cwd": "/", "env": {{}},
+                          "detached": True, "pid_file": sys.argv[2]}}, [0, 2, 2])
+print("warm worker answered:", connection.recv(200).decode().split()[:1])
+PY
+    fi
     echo "processes: $(ls /proc | grep -c '^[0-9]')"
     for process in /proc/[0-9]*; do
         tr '\\0' ' ' < "$process/environ" 2>/dev/null || true
@@ -81,6 +96,7 @@ def test_a_target_script_cannot_reach_the_servers_secrets(tmp_path: Path, small_
     try:
         if warm:
             live.wait_for_log(READY_LINE)
+        secret = (data_dir / "jwt.secret").read_bytes()
         with live.client() as client:
             bench_id = submit(client, small_onnx, device="board").json()["id"]
             wait_terminal(client, bench_id)
@@ -94,6 +110,10 @@ def test_a_target_script_cannot_reach_the_servers_secrets(tmp_path: Path, small_
         assert "PATH=" in seen, seen
     assert not any(value in seen for value in SECRETS.values()), seen
     assert "readable:" not in seen, seen
+    assert (data_dir / "jwt.secret").read_bytes() == secret  # the worker wrote nothing for it
+    if namespaces_available():  # the jobs folder as the job sees it: its own directory only
+        # (none at all where the job's first process is not dumpable: the warm fast path)
+        assert int(seen.split("jobs visible: ")[1].split()[0]) <= 1, seen
     assert "shows the server's environment" not in seen, seen
     if namespaces_available():  # the job's own /proc: its few processes only
         assert int(seen.split("processes: ")[1].split()[0]) < 20, seen

@@ -116,20 +116,32 @@ def test_min_time_extends_the_timed_phase(tmp_path: Path, small_onnx: Path) -> N
 
 def test_a_synthetic_engine_comes_back_with_its_known_statistics(tmp_path: Path,
                                                                  small_onnx: Path) -> None:
-    """Busy-waits of 2 ms ± 0.2 ms (normal): the report must find that distribution."""
-    params = _params(tmp_path, {"mean_ms": 2.0, "std_ms": 0.2, "threads": 1})
+    """Busy-waits of 2 ms ± 0.2 ms (normal, seed 7): the report must give back each planned
+    wait, never less, and its statistics must be those of what it measured."""
+    runs = 400
+    params = _params(tmp_path, {"mean_ms": 2.0, "std_ms": 0.2, "threads": 1, "seed": 7,
+                                "warmup_min_s": 0})
     done = run_harness(tmp_path, "--engine", "synthetic", "--model", str(small_onnx), "--runs",
-                       "400", PARAMETERS_FILENAME=str(params))
+                       str(runs), PARAMETERS_FILENAME=str(params))
     assert done.returncode == 0, done.stderr
     report = report_of(tmp_path)
     latency = report["inference_latency"]
-    # The clock is read around the wait alone: overhead can only add a little. Preemption on a
-    # busy machine adds rare spikes, so the spread is checked robustly (IQR / 1.349 = sigma).
     samples = np.asarray(latency["samples"])
-    q1, q3 = np.percentile(samples, [25, 75])
-    assert 0.00195 < latency["median"] < 0.00212
-    assert 0.00015 < (q3 - q1) / 1.349 < 0.0003
-    assert 0.00195 < latency["mean"] < 0.0023
+    # The engine's draws: one per inference, warm-up first (see synthetic_engine).
+    rng = np.random.default_rng(7)
+    draws = np.maximum(0.0, rng.normal(2e-3, 2e-4, report["warmup_runs"] + runs))
+    planned = draws[report["warmup_runs"]:]
+    assert len(samples) == runs
+    # The clock is read around the wait alone: a sample is never shorter than its wait, and
+    # runs the machine did not preempt add almost nothing (preemption only adds, so the
+    # lower tail of the excess is what the harness itself costs).
+    excess = samples - planned
+    assert excess.min() >= 0
+    assert np.percentile(excess, 10) < 1e-4
+    assert planned.mean() == pytest.approx(2e-3, rel=0.05)
+    assert latency["median"] == pytest.approx(float(np.median(samples)))
+    assert latency["mean"] == pytest.approx(float(samples.mean()))
+    assert latency["min"] == samples.min() and latency["max"] == samples.max()
     assert latency["ci95_mean"][0] < latency["mean"] < latency["ci95_mean"][1]
     assert report["layers"] is None  # no per-layer profile for this engine
     assert set(report["stability"]) == {"cv", "drift", "unstable", "reasons"}
@@ -140,7 +152,11 @@ def test_per_layer_profile_is_written(tmp_path: Path, squeezenet: Path) -> None:
                        "--runs", "5")
     assert done.returncode == 0, done.stderr
     profile = json.loads((tmp_path / "out" / "profile.json").read_text())
-    assert profile[0]["type"] == "Conv" and profile[0]["mean_s"] > 0
+    # Slowest first; SqueezeNet's time goes mostly to its convolutions (which one layer tops
+    # the list depends on the machine's noise).
+    means = [layer["mean_s"] for layer in profile]
+    assert means == sorted(means, reverse=True) and means[-1] >= 0 and means[0] > 0
+    assert sum(layer["share"] for layer in profile if layer["type"] == "Conv") > 0.5
     assert sum(layer["share"] for layer in profile) == pytest.approx(1.0)
     assert report_of(tmp_path)["layers"] == profile[:20]
     cold = report_of(tmp_path)["cold_start"]

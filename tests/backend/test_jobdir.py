@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,29 @@ def test_progress_lines_are_written_atomically_and_decoded(tmp_path: Path) -> No
 def test_anything_but_a_pipeline_result_is_refused(data: str | bytes) -> None:
     with pytest.raises(ValueError):
         PipelineResult.parse(data)
+
+
+def test_what_the_job_left_is_read_without_following_links_or_blocking(tmp_path: Path) -> None:
+    """The job writes in its directory: a FIFO must not hang the server's event loop, and a
+    link must not make the server read a file of its own."""
+    job = JobDir(tmp_path / "job")
+    job.create(spec())
+    secret = tmp_path / "jwt.secret"
+    secret.write_text("123:4.5")
+    os.mkfifo(job.progress_file)
+    job.reference_file.symlink_to(secret)
+    job.result_file.symlink_to(secret)
+    assert job.read_progress() is None  # at once: no reader waits on the FIFO
+    assert job.recorded_reference() is None and job.read_result() is None
+
+
+def test_outputs_behind_a_link_are_not_the_jobs_own(tmp_path: Path) -> None:
+    job = JobDir(tmp_path / "job")
+    job.create(spec())
+    job.out.mkdir(parents=True)
+    assert job.outputs_are_own()
+    elsewhere = tmp_path / "other-job-out"
+    elsewhere.mkdir()
+    job.out.rmdir()
+    job.out.symlink_to(elsewhere)
+    assert not job.outputs_are_own()

@@ -85,6 +85,9 @@ def _hide(job_root: Path, hidden: Sequence[Path]) -> None:
         _mount(f"/proc/self/fd/{keep}", str(job_root), None, MS_BIND | MS_REC)
     finally:
         os.close(keep)
+    # By path, after the mounts: a working directory opened before them is the one under the
+    # cover, whose `..` (and /proc/<pid>/cwd) would lead back into the hidden directories.
+    os.chdir(job_root)
 
 
 def _exit_code(pid: int) -> int:

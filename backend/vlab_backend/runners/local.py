@@ -73,7 +73,7 @@ class LocalRunner:
 
     async def aclose(self) -> None:
         if self.warm is not None:
-            self.warm.close()
+            await asyncio.to_thread(self.warm.close)
 
     async def start(self, job: JobDir, spec: JobSpec) -> str:
         if self.warm is not None:
@@ -89,7 +89,7 @@ class LocalRunner:
         command = [sys.executable, "-m", "vlab_backend.pipeline", "--", str(job.root)]
         with job.pipeline_output.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
-                *command, env=job_environment(),
+                *command, env=job_environment(), cwd=job.root,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True)
         if spec.cpuset:
@@ -129,6 +129,11 @@ class LocalRunner:
             ref = ProcessRef(int(values[0]), float(values[1]))
         except (OSError, ValueError, IndexError, TimeoutError) as exc:
             connection.close()
+            # The run writes its reference before the worker answers: a run that started
+            # all the same must not go on unseen beside the instance's next job.
+            recorded = self.reference(job)
+            if recorded is not None:
+                await self.cancel(recorded)
             raise RuntimeError(f"the warm worker of cores {socket_path.stem} did not start "
                                f"the pipeline ({exc or type(exc).__name__})") from exc
         self._warm_runs[ref.pid] = (reader, writer)

@@ -165,6 +165,12 @@ def _serve_request(connection: socket.socket) -> None:
     _hold(ready_read, ready_write)
     client, _uid, _gid = struct.unpack("3i", connection.getsockopt(
         socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if client != os.getppid():
+        # A job's request (the harness, through warm_client): the socket is reachable from
+        # inside jobs, so only the server that started this worker may have a file written
+        # with the worker's rights or a run outlive its connection.
+        request["pid_file"] = None
+        request["detached"] = False
     try:
         # A pipeline (detached) becomes the first process of its job's PID namespace; a run
         # a job asks for, a process of that job's.
@@ -213,19 +219,35 @@ def _kill_run(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)  # the child leads its own process group
 
 
+MAX_REQUEST_BYTES = 8 << 20
+
+
+def _well_formed(request: Any) -> bool:
+    """Jobs can reach the socket: a request is checked field by field before it is used."""
+    def strings(values: Any) -> bool:
+        return isinstance(values, list) and all(isinstance(v, str) for v in values)
+
+    return (isinstance(request, dict) and isinstance(request.get("module"), str)
+            and strings(request.get("args")) and isinstance(request.get("cwd"), str)
+            and isinstance(request.get("env"), dict)
+            and strings(list(request["env"])) and strings(list(request["env"].values()))
+            and isinstance(request.get("detached", False), bool)
+            and isinstance(request.get("pid_file") or "", str))
+
+
 def _receive_request(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
     data, fds, _flags, _addr = socket.recv_fds(connection, 1 << 20, 3)
     try:
         while True:
             try:
                 request = marshal.loads(data)
-            except (EOFError, ValueError):  # a large environment can arrive in pieces
+            except (EOFError, ValueError, TypeError):  # a large environment arrives in pieces
                 more = connection.recv(1 << 20)
-                if not more:
-                    raise
+                if not more or len(data) + len(more) > MAX_REQUEST_BYTES:
+                    raise ValueError("not a warm-worker request") from None
                 data += more
                 continue
-            if not isinstance(request, dict) or len(fds) != 3:
+            if not _well_formed(request) or len(fds) != 3:
                 raise ValueError("a warm-worker request is a dict with three streams")
             return request, fds
     except BaseException:
@@ -337,13 +359,18 @@ class WarmPool:
             self._workers[key] = worker
         return worker[1]
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 5.0) -> None:
+        """Stop the workers: they take no more work and leave once their runs in flight have
+        ended; those still running after `grace_s` (in all) go on and are re-adopted."""
+        import time
+
         for proc, _path in self._workers.values():
             if proc.poll() is None:
                 proc.terminate()
+        deadline = time.monotonic() + grace_s
         for proc, _path in self._workers.values():
             with contextlib.suppress(Exception):
-                proc.wait(timeout=5)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         self._workers.clear()
         import shutil
 
