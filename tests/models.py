@@ -68,6 +68,24 @@ def two_input_model(path: Path) -> Path:
     return path
 
 
+CUSTOM_OP = "FancyCustomOp"
+CUSTOM_DOMAIN = "com.example"
+
+
+def custom_op_model(path: Path) -> Path:
+    """A valid ONNX model whose one node is an op of a custom domain no engine registers."""
+    node = helper.make_node(CUSTOM_OP, ["x"], ["y"], domain=CUSTOM_DOMAIN)
+    graph = helper.make_graph(
+        [node], "custom_op",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                    helper.make_opsetid(CUSTOM_DOMAIN, 1)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 def external_data_model(directory: Path) -> Path:
     """A model whose weights live in a side file (not self-contained)."""
     path = conv_model(directory / "external.onnx")

@@ -16,6 +16,11 @@ class VlabError(Exception):
         self.message = message
         self.status = status
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows instead of a traceback: the message, not the client's frames
+        that led to it (the mistake is in the call, not in them)."""
+        return [f"{type(self).__name__}: {self.message}"]
+
 
 class ConnectionFailed(VlabError):
     """The backend could not be reached."""

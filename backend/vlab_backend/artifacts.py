@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,13 +12,29 @@ from typing import Any
 
 import orjson
 
-from vlab_backend.jobdir import OUTPUT_FILES, STEPS, JobDir
+from vlab_backend.jobdir import (
+    ERROR_PREFIX,
+    OUTPUT_FILES,
+    STEPS,
+    JobDir,
+    PipelineResult,
+    is_regular_file,
+)
 from vlab_backend.store.schema import Status
 
 # Artifact name -> its file in the artifact directory (as the target wrote it).
 ARTIFACT_FILES = OUTPUT_FILES
 PIPELINE_LOG = "pipeline.log"
 PIPELINE_RESULT = "pipeline.json"
+# The longest failure reason taken from an error.log, in characters, and how much of the
+# log's end is read for it (a target may write gigabytes there).
+REASON_LENGTH = 500
+REASON_TAIL_BYTES = 64 * 1024
+# error.log lines that say where a failure happened, not what it was: Python's traceback
+# frames (header, `File ...`, indented source).
+_NOT_A_REASON = re.compile(r"Traceback \(most recent call last\):|File \".*|\s.*")
+# The harness's label in front of its reason.
+_LABEL = re.compile(r"^error:\s*", re.IGNORECASE)
 
 
 @dataclass
@@ -54,18 +71,22 @@ def collect(job: JobDir, destination: Path, benchmark_type: str, canceled: bool 
     """Move the job's outputs to `destination` and decide its terminal status."""
     destination.mkdir(parents=True, exist_ok=True)
     present = []
+    # Only regular files inside the job's own output folder: a target could leave links to
+    # the server's files (or another job's) for the server to move and serve.
+    own = job.outputs_are_own()
     for name, filename in ARTIFACT_FILES.items():
         source = job.output(name)
-        if source.is_file():
+        if own and is_regular_file(source):
             _move(source, destination / filename)
             present.append(name)
         elif (destination / filename).is_file():
             present.append(name)  # moved by a collection that a crash interrupted
-    if benchmark_type == "TYPE3":
+    if benchmark_type == "TYPE3" and own:
         for trained in sorted(job.out.glob("model.*")):
-            _move(trained, destination / trained.name)
-            present.append("trained_model")
-            break
+            if is_regular_file(trained):
+                _move(trained, destination / trained.name)
+                present.append("trained_model")
+                break
     _write_pipeline_log(job, destination)
 
     result = job.read_result()
@@ -76,11 +97,10 @@ def collect(job: JobDir, destination: Path, benchmark_type: str, canceled: bool 
         metrics = _report_metrics(destination / ARTIFACT_FILES["report"])
     if canceled:
         return Outcome(Status.CANCELED, "canceled by the user", present, metrics)
-    if result is None:
-        return Outcome(Status.FAILED, interrupted or "the job ended without a result", present,
+    if result is None or not result.succeeded:
+        reason = failure_reason(destination / ARTIFACT_FILES["error_log"])
+        return Outcome(Status.FAILED, _failure_message(result, reason, interrupted), present,
                        metrics)
-    if not result.succeeded:
-        return Outcome(Status.FAILED, result.message, present, metrics)
     expected = "report_odt" if benchmark_type == "TYPE3" else "report"
     if expected not in present:
         return Outcome(Status.FAILED, f"the target produced no {ARTIFACT_FILES[expected]}",
@@ -88,6 +108,34 @@ def collect(job: JobDir, destination: Path, benchmark_type: str, canceled: bool 
     if benchmark_type == "TYPE2" and "binary" not in present:
         return Outcome(Status.FAILED, "the target produced no raw_output.bin", present, metrics)
     return Outcome(Status.SUCCESS, "", present, metrics)
+
+
+def failure_reason(error_log: Path) -> str:
+    """The target's or engine's own words for a failure: the last meaningful line of the job's
+    error.log that the platform did not write (its `[vlab]` lines come after them), without a
+    leading `error:` label. Empty when there is none."""
+    try:
+        with error_log.open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - REASON_TAIL_BYTES))
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return ""
+    for line in reversed(text.splitlines()):
+        if not line.strip() or line.startswith(ERROR_PREFIX) or _NOT_A_REASON.fullmatch(line):
+            continue
+        return _LABEL.sub("", line.strip())[:REASON_LENGTH]
+    return ""
+
+
+def _failure_message(result: PipelineResult | None, reason: str, interrupted: str) -> str:
+    """The reason in words first, then what the platform saw (a step's exit code, ...)."""
+    if result is None:
+        context = interrupted or "the job ended without a result"
+    else:
+        context = result.message
+        if result.steps and result.steps[-1].timed_out:
+            return context  # the time limit is the reason; the step's last words are not
+    return f"{reason} ({context})" if reason else context
 
 
 def _report_metrics(path: Path) -> dict[str, Any]:
@@ -119,6 +167,6 @@ def _write_pipeline_log(job: JobDir, destination: Path) -> None:
     with (destination / PIPELINE_LOG).open("w") as log:
         for step, script in STEPS:
             path = job.step_log(step)
-            if path.is_file():
+            if is_regular_file(path):
                 log.write(f"===== {script}\n")
                 log.write(path.read_text(errors="replace"))

@@ -58,6 +58,11 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._refs: dict[str, str] = {}
         self._canceling: set[str] = set()
+        # Running benchmark -> its host, and the other benchmarks that ran on that host while
+        # it ran (`concurrent_jobs_on_host`: jobs side by side share the host's cores, caches
+        # and memory bandwidth, which makes latencies noisy).
+        self._hosts: dict[str, str] = {}
+        self._side_by_side: dict[str, set[str]] = {}
         self._main: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -184,6 +189,8 @@ class Scheduler:
             bench.started_at = datetime.now(UTC)
             if bench_id not in self._canceling:
                 bench.status = Status.RUNNING
+            instance = session.get(TargetInstance, spec.target_uid)
+            self._note_start(bench_id, instance.host if instance else "localhost")
             self._publish(bench)
         await self._follow(bench_id, ref)
 
@@ -223,13 +230,25 @@ class Scheduler:
                     bench.progress_phase = progress.phase
                     bench.progress_done, bench.progress_total = progress.done, progress.total
 
+    def _note_start(self, bench_id: str, host: str) -> None:
+        others = {other for other, where in self._hosts.items() if where == host}
+        for other in others:
+            self._side_by_side[other].add(bench_id)
+        self._hosts[bench_id] = host
+        self._side_by_side[bench_id] = others
+
     # -- completion ------------------------------------------------------------------------
     def _finalize_from_job_dir(self, bench_id: str, interrupted: str = "",
                                cleanup: bool = True) -> None:
         with self.db.session() as session:
             bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
-            assert bench is not None
-            benchmark_type = bench.benchmark_type
+            benchmark_type = bench.benchmark_type if bench is not None else None
+        if benchmark_type is None:  # deleted by its owner while it ended: nothing to keep
+            self._canceling.discard(bench_id)
+            self.job_dir(bench_id).remove()
+            shutil.rmtree(self.artifact_dir(bench_id), ignore_errors=True)
+            self.wake()
+            return
         outcome = collect(self.job_dir(bench_id), self.artifact_dir(bench_id), benchmark_type,
                           canceled=bench_id in self._canceling, interrupted=interrupted)
         self._canceling.discard(bench_id)
@@ -238,9 +257,15 @@ class Scheduler:
             self.job_dir(bench_id).remove()
 
     def _finalize(self, bench_id: str, outcome: Outcome) -> None:
+        self._hosts.pop(bench_id, None)
+        side_by_side = self._side_by_side.pop(bench_id, None)
+        if side_by_side is not None:  # unknown for a job re-adopted after a restart
+            outcome.metrics["concurrent_jobs_on_host"] = len(side_by_side)
         with self.db.session() as session:
             bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
-            assert bench is not None
+            if bench is None:  # deleted meanwhile
+                self.wake()
+                return
             bench.status = outcome.status
             bench.message = outcome.message[:2000]
             bench.artifacts = outcome.artifacts

@@ -239,7 +239,9 @@ def test_a_failing_target_ends_failed_with_its_logs(tmp_path: Path, small_onnx: 
             bench_id = submit(client, small_onnx, device="board").json()["id"]
             final = wait_terminal(client, bench_id)
             assert final["status"] == "failed"
-            assert final["message"] == "AI_Build/build.sh failed with exit code 3"
+            # The target's own words first, then what the platform saw.
+            assert final["message"] == ("toolchain missing "
+                                        "(AI_Build/build.sh failed with exit code 3)")
             assert "toolchain missing" in client.get(
                 f"/api/benchmarks/{bench_id}/error-log").text
             assert client.get(f"/api/benchmarks/{bench_id}/user-log").text == "step ok\n"
@@ -380,5 +382,25 @@ def test_concurrent_uploads_of_one_model_are_all_accepted(tmp_path: Path,
         assert codes == [200] * 32
         _benchmarks, models, _datasets, files = stored_counts(live)
         assert models == 1 and files == 1  # one row and one blob, no stray upload
+    finally:
+        live.stop()
+
+
+@pytest.mark.slow
+def test_a_dataset_with_more_samples_than_allowed_is_refused(tmp_path: Path) -> None:
+    """TYPE2 runs once per sample: the count the dataset decides is bounded like any other."""
+    live = LiveServer(tmp_path / "data", env={"VLAB_MAX_NB_INFERENCE": "5"}).start()
+    try:
+        model = two_input_model(tmp_path / "two.onnx")
+        dataset = tmp_path / "inputs.bin"
+        dataset.write_bytes(np.zeros((6, 2, 4), np.float32).tobytes())  # 6 samples
+        digest = hashlib.sha256(dataset.read_bytes()).hexdigest()
+        with live.client() as client:
+            client.post("/api/benchmarks/datasets/upload", data={"hash": digest},
+                        files={"dataset": (dataset.name, dataset.read_bytes())})
+            answer = submit(client, model, dataset_name=f"inputs.bin_{digest}", nb_inference="5")
+            assert answer.status_code == 400, answer.text
+            assert "the dataset holds 6 samples" in answer.json()["error"]
+            assert client.get("/api/models/list").json()["models"] == []  # nothing stored
     finally:
         live.stop()

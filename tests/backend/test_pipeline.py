@@ -120,6 +120,31 @@ def test_missing_script_and_non_executable_scripts(tmp_path: Path) -> None:
     assert result.message == "AI_Deploy/deploy.sh is missing from the target repository"
 
 
+def test_an_executable_script_without_a_shebang_runs_with_bash(tmp_path: Path) -> None:
+    # exec() of such a script fails with ENOEXEC; dAIEdge runs its scripts with bash.
+    repo = make_repository(tmp_path / "repo", {})
+    for relative in STEP_FILES.values():
+        script = repo / relative
+        script.write_text(script.read_text().split("\n", 1)[1])
+    job = make_job(tmp_path, repo)
+    result = run_pipeline(job.root)
+    assert result.exit_code == 0, result.message
+    assert (job.out / "steps.txt").read_text().split() == list(STEP_FILES)
+
+
+def test_a_step_that_cannot_start_fails_with_a_reason(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", {})
+    build = repo / "AI_Build" / "build.sh"
+    build.write_text("#!/no/such/interpreter\n")
+    job = make_job(tmp_path, repo)
+    result = run_pipeline(job.root)
+    assert result.exit_code == 126
+    assert result.message.startswith("AI_Build/build.sh could not start: ")
+    assert [s.step for s in result.steps] == ["support"]
+    assert f"[vlab] {result.message}" in (job.out / "error.log").read_text()
+    assert job.read_result() == result
+
+
 def test_dataset_is_placed_at_the_root(tmp_path: Path) -> None:
     dataset = tmp_path / "blob-data"
     dataset.write_bytes(b"\1\2\3")

@@ -154,7 +154,11 @@ class BenchmarkView(BaseModel):
     public: bool
     progress: Progress
     artifacts: list[str]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(description=(
+        "the flat metrics of the report (units in the names: `_s` seconds, `_bytes`), its "
+        "stability (`latency_cv`, `unstable`) and `concurrent_jobs_on_host`: how many other "
+        "jobs ran on the same host while this one ran (above 0, they shared its cores and "
+        "memory bandwidth; absent where unknown). `/api/results` rows carry the same keys."))
     created_at: str | None
     started_at: str | None
     finished_at: str | None
@@ -283,7 +287,10 @@ class ResultRow(BaseModel):
     nb_inference_requested: int
     created_at: str | None
     finished_at: str | None
-    message: str
+    message: str = Field(description="why it failed, in the target's or engine's words first")
+    concurrent_jobs_on_host: int | None = Field(
+        default=None, description="how many other jobs ran on its host while it ran (see "
+        "BenchmarkView.metrics); absent where unknown")
 
 
 class ResultColumns(BaseModel):

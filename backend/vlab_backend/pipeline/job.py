@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -141,13 +142,29 @@ def _end_leftovers() -> None:
                 os.waitpid(pid, 0)
 
 
+def _start_step(script: Path, work: Path, env: dict[str, str],
+                log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a step as dAIEdge does: with bash, unless the script is executable with its own
+    interpreter line. An executable script without one fails exec with ENOEXEC (a shell would
+    run it itself): it runs with bash too. Raises OSError when the step cannot start."""
+    with log_path.open("wb") as log:
+        def start(command: list[str]) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(command, cwd=work, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+        if os.access(script, os.X_OK):
+            try:
+                return start([str(script)])
+            except OSError as exc:
+                if exc.errno != errno.ENOEXEC:
+                    raise
+        return start(["bash", str(script)])
+
+
 def _run_step(script: Path, work: Path, env: dict[str, str], timeout_s: int,
               log_path: Path) -> tuple[int, bool]:
-    """Exit code and whether the step ran out of time."""
-    command = [str(script)] if os.access(script, os.X_OK) else ["bash", str(script)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+    """Exit code and whether the step ran out of time; OSError if it could not start."""
+    proc = _start_step(script, work, env, log_path)
     expired = threading.Event()
 
     def expire() -> None:
@@ -199,7 +216,12 @@ def run_pipeline(job_dir: Path, isolate: bool = False) -> PipelineResult:
             break
         limit = int(spec.step_timeouts_s.get(name, 3600))
         started = time.monotonic()
-        code, timed_out = _run_step(script, job.work, env, limit, job.step_log(name))
+        try:
+            code, timed_out = _run_step(script, job.work, env, limit, job.step_log(name))
+        except OSError as exc:
+            result.fail(126, f"{relative} could not start: {exc.strerror or exc}")
+            job.log_error(result.message)
+            break
         result.steps.append(StepResult(step=name, exit_code=code, timed_out=timed_out,
                                        seconds=round(time.monotonic() - started, 3)))
         if code != 0:

@@ -58,6 +58,7 @@ from vlab_backend.store.schema import (
     ALL_STATUSES,
     TERMINAL_STATUSES,
     Benchmark,
+    Dataset,
     EngineFamily,
     HardwareType,
     Status,
@@ -67,6 +68,7 @@ from vlab_backend.store.schema import (
 from vlab_backend.submission import (
     NAMELESS_MODEL_PART,
     RunRequest,
+    SubmissionError,
     check_dataset_fits,
     check_format,
     check_request,
@@ -155,6 +157,22 @@ def _check(state: AppState, request: RunRequest) -> None:
         check_request(session, request, state.settings.max_nb_inference)
 
 
+def _dataset_runs(request: RunRequest, dataset: Dataset | None, info: ModelInfo,
+                  limit: int) -> int | None:
+    """TYPE2 runs once per sample of its dataset: that count, bounded like any nb_inference
+    (None when the dataset does not decide it)."""
+    if dataset is None:
+        return None
+    check_dataset_fits(dataset, info)
+    if request.benchmark_type != "TYPE2" or not info.input_bytes:
+        return None
+    runs = dataset.size // info.input_bytes
+    if runs > limit:
+        raise SubmissionError(f"the dataset holds {runs} samples; a benchmark runs at most "
+                              f"{limit} inferences (VLAB_MAX_NB_INFERENCE)")
+    return runs
+
+
 def _accept(state: AppState, user: User, request: RunRequest, model: UploadFile | None,
             upload: Path | None) -> str:
     filename = safe_filename(model.filename if model else None, "model")
@@ -162,10 +180,10 @@ def _accept(state: AppState, user: User, request: RunRequest, model: UploadFile 
         profile = engine_profile(session, request.engine)
         dataset = (resolve_dataset(session, user, request.dataset_name)
                    if request.dataset_name else None)
+        limit = state.settings.max_nb_inference
         if upload is not None:
             info = intake_upload(upload, filename, profile, state.settings.max_model_bytes)
-            if dataset is not None:
-                check_dataset_fits(dataset, info)
+            runs = _dataset_runs(request, dataset, info, limit)  # before anything is stored
             stored = store_model(session, state.scheduler.models, user, upload, filename,
                                  info, sha256_file(upload))
         else:
@@ -173,10 +191,9 @@ def _accept(state: AppState, user: User, request: RunRequest, model: UploadFile 
             info = ModelInfo.from_dict(stored.info)
             if profile is not None:
                 check_format(stored.format, profile)
-            if dataset is not None:
-                check_dataset_fits(dataset, info)
-        if request.benchmark_type == "TYPE2" and dataset is not None and info.input_bytes:
-            request.nb_inference = dataset.size // info.input_bytes
+            runs = _dataset_runs(request, dataset, info, limit)
+        if runs is not None:
+            request.nb_inference = runs
         bench = create_benchmark(session, user, request, stored)
         state.hub.publish(bench.id, benchmark_event(bench))
         return bench.id
