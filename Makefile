@@ -22,7 +22,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 lab: setup
-	@echo ">> starting JupyterLab; its VLab extension starts the embedded backend"
+	@echo ">> starting JupyterLab on notebooks/explore.ipynb: open the URL it prints below"
+	@echo ">> its VLab extension uses the backend running for your data dir, else starts one;"
+	@echo ">> Ctrl-C stops JupyterLab, the backend it started and that backend's workers"
 	$(BIN)/vlab lab
 
 dashboard: setup

@@ -24,6 +24,8 @@ DEFAULT_SWEEP_DIR = "sweep-results"
 
 # The local administrator's API token, which the server keeps in its data dir.
 CREDENTIAL_FILE = "local-admin.token"
+# Where the running server of a data dir listens (url, pid, started_at): `vlab_kernel.connection`.
+SERVER_FILE = "server.json"
 
 
 def data_dir() -> Path:

@@ -15,10 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from vlab_backend.runners import runner_names
 from vlab_kernel.client import VlabClient
+from vlab_kernel.connection import forget_server, record_server, running_server
 from vlab_kernel.defaults import DEFAULT_HOST, DEFAULT_PORT
 from vlab_kernel.errors import UsageError
 
 if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
+
     from vlab_backend.config import Settings
 
 
@@ -57,6 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings.lock_data_dir()
     except RuntimeError as exc:
+        running = running_server(settings.data_dir)
+        if running is not None:
+            raise UsageError(f"a VLab server is already running for this data dir at "
+                             f"{running.url}; use it, or stop it first") from None
         raise UsageError(str(exc)) from None
     store = Database(settings.db_url)
     try:  # before uvicorn, which would print the start-up failure as a long traceback
@@ -67,11 +76,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store.dispose()
     # Proxy headers only from the proxies named: uvicorn would otherwise believe 127.0.0.1
     # (or $FORWARDED_ALLOW_IPS), and any local client could pose as any address.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=args.log_level, timeout_graceful_shutdown=5,
-                proxy_headers=bool(settings.forwarded_allow_ips),
-                forwarded_allow_ips=settings.forwarded_allow_ips or [])
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            log_level=args.log_level, timeout_graceful_shutdown=5,
+                            proxy_headers=bool(settings.forwarded_allow_ips),
+                            forwarded_allow_ips=settings.forwarded_allow_ips or [])
+    recorded_server(config, settings.server_file).run()
     return 0
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses: a wildcard address means the loopback one."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def recorded_server(config: uvicorn.Config, record: Path) -> uvicorn.Server:
+    """A uvicorn server that records its URL in `record` once it accepts requests and removes
+    the record when it stops accepting them (before it re-raises a SIGTERM, which would end
+    the process before any `finally` of ours)."""
+    import uvicorn
+
+    class RecordedServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                record_server(record, local_url(self.config.host, self.config.port))
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            forget_server(record)
+            await super().shutdown(sockets)
+
+    return RecordedServer(config)
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:

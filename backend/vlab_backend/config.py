@@ -18,6 +18,7 @@ from vlab_kernel.defaults import (
     DEFAULT_HOST,
     DEFAULT_MAX_NB_INFERENCE,
     DEFAULT_PORT,
+    SERVER_FILE,
     data_dir,
 )
 
@@ -116,6 +117,11 @@ class Settings(BaseSettings):
     @property
     def credential_file(self) -> Path:
         return self.data_dir / CREDENTIAL_FILE
+
+    @property
+    def server_file(self) -> Path:
+        """Where this server records its address while it runs: clients find it there."""
+        return self.data_dir / SERVER_FILE
 
     @property
     def secret_file(self) -> Path:

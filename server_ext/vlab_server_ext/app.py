@@ -16,7 +16,8 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Unicode, default
 
 from vlab_kernel import defaults
-from vlab_kernel.defaults import CREDENTIAL_FILE, DEFAULT_URL
+from vlab_kernel.connection import running_server
+from vlab_kernel.defaults import CREDENTIAL_FILE
 from vlab_server_ext.backend import EmbeddedBackend
 from vlab_server_ext.handlers import BackendProxyHandler, NomadProxyHandler
 
@@ -83,8 +84,10 @@ class VLabExtension(ExtensionApp):
     def initialize_settings(self) -> None:
         url, token = self.backend_url.rstrip("/"), self.backend_token
         store = Path(self.data_dir)
-        if not url and _answers(DEFAULT_URL) and (store / CREDENTIAL_FILE).is_file():
-            url = DEFAULT_URL  # a `vlab serve` of this user is already running
+        running = None if url else running_server(store)
+        if running is not None and _answers(running.url):
+            url = running.url  # a server of this data dir (`vlab serve`, another lab) runs
+            self.log.info("using the VLab backend already running for %s", store)
         if not url:
             self._embedded = EmbeddedBackend(store, warm_workers=self.warm_workers)
             self.log.info("starting the embedded VLab backend in %s", self._embedded.data_dir)

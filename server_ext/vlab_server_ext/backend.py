@@ -1,4 +1,5 @@
-"""The embedded VLab backend: a `vlab serve` subprocess on a free local port."""
+"""The embedded VLab backend: a `vlab serve` subprocess on a free local port, started and
+stopped by the Jupyter server extension."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
+from vlab_kernel.connection import running_server
 from vlab_kernel.defaults import CREDENTIAL_FILE
 
 
@@ -45,19 +45,21 @@ class EmbeddedBackend:
              # Only the Jupyter server connects, and it forwards no client address: trust no
              # proxy headers, whatever $VLAB_FORWARDED_ALLOW_IPS says.
              "--forwarded-allow-ips", ""],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # Its own process group: a terminal's Ctrl-C reaches Jupyter, not this backend.
+            # Jupyter stops it (`stop`) when it stops itself, and keeps it when its "Shutdown
+            # this Jupyter server?" prompt is declined.
+            process_group=0)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"the embedded VLab backend exited; see "
                                    f"{self.data_dir / 'embedded-backend.log'}")
-            try:
-                if httpx.get(self.url + "/api/benchmarks/status", timeout=1).status_code == 200 \
-                        and self.credential.exists():
-                    return
-            except httpx.HTTPError:
-                pass
+            # It records itself in the data dir once it accepts requests (credential made).
+            running = running_server(self.data_dir)
+            if running is not None and running.pid == self._proc.pid:
+                return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError("the embedded VLab backend did not start in time")

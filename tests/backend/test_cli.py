@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 import vlab_backend.api
 from tests.kernel.test_cli import one_error_line
@@ -31,11 +32,14 @@ def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
         seen["settings"] = settings
         return "app"
 
-    def run(app: str, **options: Any) -> None:
-        seen.update(app=app, **options)
+    def run(server: uvicorn.Server, sockets: Any = None) -> None:
+        config = server.config
+        seen.update(app=config.app, host=config.host, port=config.port,
+                    proxy_headers=config.proxy_headers,
+                    forwarded_allow_ips=config.forwarded_allow_ips)
 
     monkeypatch.setattr(vlab_backend.api, "create_app", create_app)
-    monkeypatch.setattr("uvicorn.run", run)
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     def lock_data_dir(self: Settings) -> int:  # the directories, without the lock
         self.ensure_dirs()
         return 0
@@ -140,4 +144,6 @@ def test_user_add_reads_the_password_from_stdin(server: LiveServer) -> None:
 def test_a_second_server_on_the_same_data_dir_is_refused(server: LiveServer) -> None:
     done = server.cli("serve", "--port", "9", "--data-dir", str(server.data_dir))
     assert done.returncode == 1
-    assert f"another VLab server is using {server.data_dir}" in one_error_line(done.stderr)
+    assert one_error_line(done.stderr) == (
+        f"vlab: error: a VLab server is already running for this data dir at {server.url}; "
+        "use it, or stop it first")
