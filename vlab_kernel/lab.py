@@ -6,8 +6,8 @@ import asyncio
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from itertools import product
 from pathlib import Path
@@ -20,6 +20,7 @@ from vlab_kernel.client import TERMINAL, VlabClient, error_message
 from vlab_kernel.connection import resolve
 from vlab_kernel.defaults import DEFAULT_NB_INFERENCE
 from vlab_kernel.errors import BenchmarkFailed, NotReady, VlabError, error_for
+from vlab_kernel.progress import ProgressPrinter
 from vlab_kernel.stats import compare
 
 ModelLike = str | Path | bytes | Any  # a path, a "model-N" reference, bytes, or onnx.ModelProto
@@ -71,15 +72,17 @@ class Benchmark:
 
     @property
     def status(self) -> str:
+        """`pending`, `running`, `success`, `failed` or `canceled`, asked of the server."""
         return str(self.info()["status"])
 
     @property
     def done(self) -> bool:
+        """True once the benchmark has ended, whatever the outcome."""
         return self.status in TERMINAL
 
     def wait(self, progress: bool = True, raise_on_failure: bool = True) -> Benchmark:
         """Follow the server's events until the benchmark ends (no polling)."""
-        bar = _ProgressBar(self.id) if progress else None
+        bar = _progress_printer(self.id) if progress else None
         try:
             self._final = self.lab.client.wait(self.id, bar.update if bar else None)
         finally:
@@ -115,6 +118,7 @@ class Benchmark:
         return self
 
     def cancel(self) -> str:
+        """Stop the benchmark (pending or running); returns its status after the request."""
         return self.lab.client.cancel(self.id)
 
     @property
@@ -138,6 +142,8 @@ class Benchmark:
 
     @property
     def logs(self) -> dict[str, str]:
+        """The run's logs: `user` (what the target printed) and `error` (why it failed);
+        empty strings where the run wrote none."""
         return {"user": self.lab.client.log(self.id, "user-log"),
                 "error": self.lab.client.log(self.id, "error-log")}
 
@@ -164,27 +170,11 @@ class Benchmark:
         return pd.DataFrame([shown]).to_html(index=False)
 
 
-class _ProgressBar:
-    def __init__(self, bench_id: str) -> None:
-        from tqdm.auto import tqdm
+def _progress_printer(bench_id: str) -> ProgressPrinter:
+    """A bar that is a widget in a notebook and text in a terminal."""
+    from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=1, desc=f"{bench_id} pending", unit="inf", leave=True)
-
-    def update(self, event: dict[str, Any]) -> None:
-        progress = event.get("progress") or {}
-        phase = progress.get("phase") or ""
-        self._bar.set_description_str(f"{event.get('id')} {phase or event.get('status')}",
-                                      refresh=False)
-        if phase == "inference" and progress.get("total"):
-            if self._bar.total != progress["total"]:
-                self._bar.reset(total=progress["total"])
-            self._bar.n = progress["done"]
-        if event.get("status") == "success":
-            self._bar.n = self._bar.total
-        self._bar.refresh()
-
-    def close(self) -> None:
-        self._bar.close()
+    return ProgressPrinter(bench_id, bar=tqdm, leave=True)
 
 
 def _name_of(model: ModelLike) -> str:
@@ -193,6 +183,26 @@ def _name_of(model: ModelLike) -> str:
     if hasattr(model, "graph"):
         return f"{model.graph.name or 'model'}.onnx"
     return "model"
+
+
+# What `results().head()` shows first: identity, then the headline metrics in ms and MiB and
+# the stability verdict; the raw columns (seconds, bytes) follow for computation.
+_IDENTITY = ["id", "model", "target", "target_uid", "engine", "benchmark_type", "status"]
+_HEADLINE = {"latency_median_ms": ("latency_median_s", 1e3),
+             "latency_mean_ms": ("latency_mean_s", 1e3),
+             "latency_p99_ms": ("latency_p99_s", 1e3),
+             "peak_memory_mib": ("peak_memory_bytes", 1 / 2**20)}
+
+
+def _metrics_first(frame: pd.DataFrame) -> pd.DataFrame:
+    """Adds the headline metrics in ms and MiB and puts them, the stability verdict and the
+    message right after the run's identity."""
+    for name, (source, scale) in _HEADLINE.items():
+        if source in frame:
+            frame[name] = pd.to_numeric(frame[source], errors="coerce") * scale
+    first = [c for c in (*_IDENTITY, *_HEADLINE, "unstable", "latency_cv", "message")
+             if c in frame]
+    return frame[first + [c for c in frame.columns if c not in first]]
 
 
 class Lab:
@@ -257,6 +267,8 @@ class Lab:
         return await bench.wait_async(raise_on_failure=False)
 
     def get(self, bench_id: str) -> Benchmark:
+        """The benchmark with this id (one you submitted, or a public one), e.g. from
+        `lab.results()["id"]`; nothing is fetched until a property is read."""
         return Benchmark(self, bench_id)
 
     def compare(self, a: Benchmark | str, b: Benchmark | str) -> dict[str, Any]:
@@ -275,14 +287,17 @@ class Lab:
         for column in ("created_at", "finished_at"):
             if column in frame:
                 frame[column] = pd.to_datetime(frame[column], format="ISO8601")
-        return frame
+        return _metrics_first(frame)
 
     def sweep(self, models: Iterable[ModelLike], targets: Iterable[str],
               engines: Iterable[str], *, runs: int = DEFAULT_NB_INFERENCE,
               type: str | None = None, dataset: str | Path | None = None,
-              params: dict[str, Any] | None = None, progress: bool = True) -> pd.DataFrame:
+              params: dict[str, Any] | None = None, progress: bool = True,
+              on_result: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
         """Every model × target × engine, submitted at once and run concurrently on the free
-        instances; one row each. Combinations the server refuses get status `rejected`."""
+        instances; one row each. Combinations the server refuses get status `rejected` and
+        its reason as `message`. `on_result` gets each row as its combination ends (in this
+        thread, refused ones first)."""
         combos = list(product(list(models), list(targets), list(engines)))
         submitted: list[tuple[ModelLike, str, str, Benchmark | VlabError]] = []
         for model, target, engine in combos:
@@ -292,35 +307,43 @@ class Lab:
                 submitted.append((model, target, engine, bench))
             except VlabError as exc:
                 submitted.append((model, target, engine, exc))
-        benches = [b for *_, b in submitted if isinstance(b, Benchmark)]
+
+        def row(model: ModelLike, target: str, engine: str,
+                outcome: Benchmark | VlabError) -> dict[str, Any]:
+            base = {"model": _name_of(model), "target": target, "engine": engine}
+            if isinstance(outcome, VlabError):
+                return {**base, "status": "rejected", "message": outcome.message}
+            summary = outcome.summary()
+            return {**base, **{k: v for k, v in summary.items()
+                               if k not in ("model", "target", "engine")}}
+
+        if on_result is not None:
+            for entry in submitted:
+                if isinstance(entry[3], VlabError):
+                    on_result(row(*entry))
+        running = [(model, target, engine, outcome) for model, target, engine, outcome in submitted
+                   if isinstance(outcome, Benchmark)]
         bar = None
-        if progress and benches:
+        if progress and running:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(benches), desc="sweep", unit="benchmark")
-
-        def finish(bench: Benchmark) -> None:
-            bench.wait(progress=False, raise_on_failure=False)
-            if bar is not None:
-                bar.update(1)
-
-        with ThreadPoolExecutor(max_workers=max(1, min(32, len(benches)))) as pool:
-            list(pool.map(finish, benches))
+            bar = tqdm(total=len(running), desc="sweep", unit="benchmark")
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(running)))) as pool:
+            waits = {pool.submit(entry[3].wait, progress=False, raise_on_failure=False): entry
+                     for entry in running}
+            for finished in as_completed(waits):
+                finished.result()
+                if bar is not None:
+                    bar.update(1)
+                if on_result is not None:
+                    on_result(row(*waits[finished]))
         if bar is not None:
             bar.close()
-        rows = []
-        for model, target, engine, outcome in submitted:
-            base = {"model": _name_of(model), "target": target, "engine": engine}
-            if isinstance(outcome, Benchmark):
-                summary = outcome.summary()
-                summary.pop("model", None)
-                summary.pop("target", None)
-                rows.append({**base, **{k: v for k, v in summary.items() if k != "engine"}})
-            else:
-                rows.append({**base, "status": "rejected", "message": outcome.message})
-        return pd.DataFrame(rows)
+        return pd.DataFrame([row(*entry) for entry in submitted])
 
     async def sweep_async(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        """`sweep` for asyncio code, run in a thread: `await lab.sweep_async(...)`; takes the
+        same arguments and returns the same DataFrame."""
         return await asyncio.to_thread(self.sweep, *args, **kwargs)
 
 

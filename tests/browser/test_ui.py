@@ -1,9 +1,11 @@
-"""JupyterLab runs explore.ipynb and a benchmark completes through the launcher; the Voila
-dashboard shows plots and no code."""
+"""JupyterLab runs explore.ipynb, two benchmarks of one configuration complete through the
+launcher and the explorer plots them as one group of two runs; the Voila dashboard shows plots
+and no code."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import pytest
@@ -16,7 +18,32 @@ from vlab_kernel.defaults import DEFAULT_NB_INFERENCE
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def test_explore_notebook_and_launcher_in_jupyterlab(jupyterlab: Served, page: Any) -> None:
+# The explorer's p50 bars as plotted in the page: plotly keeps a figure's data on its div.
+PLOTTED_P50 = """() => {
+    const plot = document.querySelector('.vlab-explorer .js-plotly-plot.vlab-percentiles');
+    const p50 = plot && plot.data && plot.data.find(trace => trace.name === 'p50');
+    return p50 ? {x: Array.from(p50.x), y: Array.from(p50.y),
+                  runs: Array.from(p50.customdata)} : null;
+}"""
+
+CLASSES = """() => Array.from(document.querySelectorAll('.vlab-explorer [class*=vlab]'))
+    .map(e => e.className + ' ' + e.querySelectorAll('.js-plotly-plot').length)"""
+
+
+def launch_and_wait(launcher: Any, page: Any) -> str:
+    """Press Launch and wait for this run's own result; returns the benchmark's id."""
+    result = launcher.locator(".vlab-result")
+    before = result.inner_text() if result.count() else ""
+    launcher.get_by_role("button", name="Launch").click()
+    page.wait_for_function(
+        """before => { const r = document.querySelector('.vlab-launcher .vlab-result');
+                       return r !== null && r.innerText !== before; }""",
+        arg=before, timeout=180_000)
+    return str(result.locator("b").first.inner_text())
+
+
+def test_explore_notebook_and_launcher_in_jupyterlab(jupyterlab: Served, page: Any,
+                                                     server: LiveServer) -> None:
     page.goto(jupyterlab.url)
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     select_kernel = page.locator(".jp-Dialog").get_by_role("button", name="Select")
@@ -37,13 +64,36 @@ def test_explore_notebook_and_launcher_in_jupyterlab(jupyterlab: Served, page: A
     page.screenshot(path=str(ARTIFACTS / "jupyterlab-launcher-ready.png"))
     # Wait for the notebook's own run to finish before launching from the widget.
     page.locator(".jp-OutputArea-output .js-plotly-plot").first.wait_for()
-    launch.click()
+    page.locator(".vlab-explorer.vlab-ready").wait_for()
+    ids = [launch_and_wait(launcher, page) for _ in range(2)]  # one configuration, twice
     result = launcher.locator(".vlab-result")
-    result.wait_for(timeout=180_000)
     assert f"{DEFAULT_NB_INFERENCE} inferences" in result.inner_text()
+    assert ids[1] in result.inner_text() and ids[0] != ids[1]
     launcher.locator(".js-plotly-plot").wait_for()
     result.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "jupyterlab-launcher-result.png"))
+    with server.client() as client:
+        rows = [client.get(f"/api/benchmarks/{bench_id}").json() for bench_id in ids]
+    medians_ms = [row["metrics"]["latency_median_s"] * 1e3 for row in rows]
+    label = f"{rows[0]['model']} · {rows[0]['engine']} · {rows[0]['device']}"
+    # The explorer follows the server's events: it redraws by itself once both runs ended.
+    try:
+        page.wait_for_function(
+            f"""label => {{ const p50 = ({PLOTTED_P50})();
+                            return p50 !== null && p50.x.includes(label) &&
+                                   p50.runs[p50.x.indexOf(label)] === 2; }}""",
+            arg=label, timeout=60_000)
+    except PlaywrightTimeout:
+        pytest.fail(f"the explorer plots {page.evaluate(PLOTTED_P50)}, not {label} with 2 runs; "
+                    f"classes: {page.evaluate(CLASSES)}")
+    plotted = page.evaluate(PLOTTED_P50)
+    where = plotted["x"].index(label)
+    assert plotted["x"].count(label) == 1  # one x category per configuration
+    assert plotted["runs"][where] == 2
+    # The bar is the runs' median (here the mean of two), never their sum.
+    assert plotted["y"][where] == pytest.approx(median(medians_ms), rel=1e-6)
+    page.locator(".vlab-explorer .vlab-percentiles").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "jupyterlab-explorer-grouped-runs.png"))
 
 
 def test_voila_dashboard_shows_plots_and_no_code(voila: Served, page: Any, server: LiveServer,

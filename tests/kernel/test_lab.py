@@ -71,6 +71,15 @@ def test_results_are_one_row_per_benchmark(lab: Lab, small_onnx: Path) -> None:
     assert {"id", "model", "engine", "latency_mean_s", "peak_memory_bytes"} <= set(results)
     assert set(results["engine"]) == {"onnxruntime"}
     assert pd.api.types.is_datetime64_any_dtype(results["created_at"])
+    # head() shows the metrics (ms, MiB) and stability before hashes and timestamps.
+    assert list(results.columns[:13]) == [
+        "id", "model", "target", "target_uid", "engine", "benchmark_type", "status",
+        "latency_median_ms", "latency_mean_ms", "latency_p99_ms", "peak_memory_mib",
+        "unstable", "latency_cv"]
+    first = results.iloc[0]
+    assert first["latency_median_ms"] == pytest.approx(first["latency_median_s"] * 1e3)
+    assert first["peak_memory_mib"] == pytest.approx(first["peak_memory_bytes"] / 2**20)
+    assert list(results.columns).index("model_sha256") > list(results.columns).index("message")
 
 
 def test_sweep_runs_the_grid(lab: Lab, small_onnx: Path, face_tflite: Path) -> None:

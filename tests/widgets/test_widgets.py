@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import html
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from tests.models import custom_op_model
 from tests.server import LiveServer, wait_terminal
 from vlab_kernel.client import VlabClient
 from vlab_kernel.connection import Connection
 from vlab_kernel.lab import Lab
 from vlab_widgets import Launcher, ResultsExplorer, TargetBoard
+from vlab_widgets.common import sig3, stability_text
+from vlab_widgets.explorer import results_table
+from vlab_widgets.launcher import progress_text, stability_html
+from vlab_widgets.plots import group_runs, memory_bars, percentile_bars
 
 
 @pytest.fixture
@@ -28,6 +36,76 @@ def file_item(name: str, content: bytes) -> dict[str, object]:
 
 def upload(launcher: Launcher, path: Path) -> None:
     launcher.upload.value = (file_item(path.name, path.read_bytes()),)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60) -> None:
+    """Wait until `condition()` holds (a state, not a duration)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the state never came"
+        time.sleep(0.05)
+
+
+def run_row(bench_id: str, status: str = "success", median_s: float = 0.0075,
+            peak_bytes: float = 125 * 2**20, engine: str = "openvino",
+            message: str = "") -> dict[str, object]:
+    return {"id": bench_id, "model": "squeezenet.onnx", "target": "host-cpu",
+            "target_uid": f"host-cpu-{len(bench_id) % 2}", "engine": engine,
+            "status": status, "message": message,
+            "latency_median_s": median_s if status == "success" else None,
+            "latency_p90_s": median_s * 1.1 if status == "success" else None,
+            "latency_p99_s": median_s * 1.2 if status == "success" else None,
+            "peak_memory_bytes": peak_bytes if status == "success" else None,
+            "memory_delta_bytes": peak_bytes / 2 if status == "success" else None,
+            "latency_cv": 0.02 if status == "success" else None,
+            "unstable": False if status == "success" else None,
+            "created_at": pd.Timestamp("2026-11-30T02:34:28.306433")}
+
+
+def test_repeated_runs_are_one_group_with_their_spread_never_summed() -> None:
+    results = pd.DataFrame([run_row("a", median_s=0.0074), run_row("bb", median_s=0.0076),
+                            run_row("c", median_s=0.0075),
+                            run_row("d", engine="onnxruntime", median_s=0.004),
+                            run_row("e", status="failed", message="custom op")])
+    groups = group_runs(results, "latency_median_s", 1e3)
+    squeezenet = groups.loc["squeezenet.onnx · openvino · host-cpu"]
+    assert squeezenet["runs"] == 3 and squeezenet["median"] == pytest.approx(7.5)
+    assert (squeezenet["min"], squeezenet["max"]) == pytest.approx((7.4, 7.6))
+    p50 = percentile_bars(results).data[0]
+    assert list(p50.x) == sorted(groups.index)  # one x category per configuration
+    assert list(p50.y) == pytest.approx([4.0, 7.5])  # median of the runs, not their sum
+    assert list(p50.customdata) == [1, 3] and list(p50.text) == ["n=1", "n=3"]
+    assert list(p50.error_y.array) == pytest.approx([0, 0.1])
+    peak = memory_bars(results).data[0]
+    assert list(peak.y) == pytest.approx([125, 125])  # MiB; 375 when three runs stacked
+
+
+def test_units_stability_and_progress_are_worded() -> None:
+    assert [sig3(v) for v in (7.5123, 0.0123456, 124.98, 1234.5, None, float("nan"))] == \
+        ["7.51", "0.0123", "125", "1,234", "–", "–"]
+    assert stability_text(0.0123, False) == "stable (CV 1.23 %)"
+    assert stability_text(0.3, True, ["CV 30 % > 10 %"]) == "unstable: CV 30 % > 10 %"
+    assert stability_text(0.3, True) == "unstable (CV 30 %)"
+    unstable = stability_html({"stability": {"cv": 0.3, "unstable": True,
+                                             "reasons": ["CV 30 % > 10 %"]}})
+    assert 'class="vlab-unstable"' in unstable and "unstable: CV 30 % &gt; 10 %" in unstable
+    assert 'class="vlab-stable"' in stability_html({"stability": {"cv": 0.01,
+                                                                  "unstable": False}})
+    assert progress_text(5, 20, 1.0) == "5/20 · ETA 3 s"
+    assert progress_text(20, 20, 4.0) == "20/20"
+
+
+def test_results_table_shows_ms_mib_stability_and_a_failed_runs_message() -> None:
+    table = results_table(pd.DataFrame([run_row("a"), run_row(
+        "b", status="failed", message="onnxruntime could not load the model")]))
+    assert list(table.columns) == ["id", "model", "instance", "engine", "status",
+                                   "median (ms)", "p99 (ms)", "peak memory (MiB)",
+                                   "stability", "message", "created"]
+    assert table["median (ms)"][0] == pytest.approx(7.5)
+    assert table["peak memory (MiB)"][0] == pytest.approx(125)
+    assert table["stability"][0] == "stable (CV 2 %)"
+    assert table["message"][1] == "onnxruntime could not load the model"
+    assert table["created"][0] == "2026-11-30 02:34:28"  # no microseconds
 
 
 def test_launcher_is_fed_by_the_api_and_filters_engines(lab: Lab, small_onnx: Path,
@@ -69,6 +147,12 @@ def test_launcher_errors_are_shown_not_raised(lab: Lab, small_onnx: Path) -> Non
     launcher.launch.click()
     assert "parameters must be a JSON object" in launcher.message.value
     assert launcher.task is None and not launcher.launch.disabled
+    launcher.params.value = ""
+    launcher.dataset.value = "/nowhere/data.bin"
+    launcher.launch.click()
+    assert "dataset file /nowhere/data.bin not found" in launcher.message.value
+    assert "FileNotFoundError" not in launcher.message.value and launcher.task is None
+    launcher.dataset.value = ""
     launcher.params.value = '{"threads": "many"}'
     launcher.launch.click()
     launcher.task.result(timeout=60)  # type: ignore[union-attr]
@@ -88,33 +172,121 @@ def test_explorer_filters_plots_and_compares(lab: Lab, server: LiveServer,
     with server.client() as client:
         for bench_id in ids:
             assert wait_terminal(client, bench_id)["status"] == "success"
-    explorer = ResultsExplorer(lab)
+    explorer = ResultsExplorer(lab, live=False)
     assert set(ids) <= set(explorer.frame["id"])
     explorer.filters["engine"].value = "openvino"
     assert set(explorer.frame["engine"]) == {"openvino"}
     assert "openvino" in explorer.table.value and ids[1] in explorer.table.value
     explorer.filters["engine"].value = "(all)"
-    explorer.runs.value = tuple(ids)
+    assert not explorer.picks[ids[0]].value  # runs are picked with checkboxes
+    explorer.picks[ids[0]].value = True
+    explorer.picks[ids[1]].value = True
     comparison = explorer.comparison()
-    assert list(comparison.columns) == ids
-    assert "latency_mean_s" in comparison.index
+    assert list(comparison.columns) == [*ids, f"{ids[1]} − {ids[0]}"]  # a difference column
+    assert comparison.loc["mean latency (ms)", f"{ids[1]} − {ids[0]}"] == pytest.approx(
+        comparison.loc["mean latency (ms)", ids[1]] - comparison.loc["mean latency (ms)",
+                                                                      ids[0]])
+    assert "(MiB)" in explorer.comparison_table.value
     assert len(explorer.distribution.data) == 2
     assert 'class="vlab-verdict"' in explorer.verdict.value  # two runs: significance verdict
     assert len(explorer.percentiles.data) == 3  # p50, p90, p99
     assert explorer.scatter.data and explorer.memory.data
+    explorer.select([])
+    assert explorer.comparison_table.value == "" and explorer.distribution_box.layout.display \
+        == "none"
+
+
+@pytest.mark.slow
+def test_explorer_plots_only_what_the_status_filter_keeps(lab: Lab, server: LiveServer,
+                                                          small_onnx: Path,
+                                                          tmp_path: Path) -> None:
+    ok = lab.benchmark(small_onnx, "host-cpu", "onnxruntime", runs=5).wait(progress=False)
+    failed = lab.benchmark(custom_op_model(tmp_path / "fancy.onnx"), "host-cpu",
+                           "onnxruntime", runs=5).wait(progress=False, raise_on_failure=False)
+    assert ok.status == "success" and failed.status == "failed"
+    explorer = ResultsExplorer(lab, live=False)
+    assert explorer.plots.layout.display is None and explorer.percentiles.data
+    explorer.filters["status"].value = "failed"
+    assert ok.id not in explorer.table.value and failed.id in explorer.table.value
+    message = failed.info()["message"]
+    assert message and html.escape(message) in explorer.table.value  # not NaN everywhere
+    assert not explorer.percentiles.data and not explorer.memory.data
+    assert explorer.plots.layout.display == "none"
+    assert "No successful runs match" in explorer.empty.value
+
+
+@pytest.mark.slow
+def test_explorer_refreshes_after_a_launch_and_says_no_runs_yet(fresh_server: LiveServer,
+                                                               small_onnx: Path) -> None:
+    lab = Lab(VlabClient(Connection(fresh_server.url, fresh_server.token)))
+    launcher = Launcher(lab)
+    assert "No models yet" in launcher.message.value and launcher.launch.disabled
+    explorer = ResultsExplorer(lab)
+    try:
+        assert "No runs yet" in explorer.empty.value
+        assert explorer.plots.layout.display == "none"  # no empty axes before data
+        upload(launcher, small_onnx)
+        launcher.engine.value = "onnxruntime"
+        launcher.runs.value = 5
+        launcher.launch.click()
+        launcher.task.result(timeout=120)  # type: ignore[union-attr]
+        assert launcher.current is not None
+        bench_id = launcher.current.id
+        wait_for(lambda: bench_id in set(explorer.frame["id"]) and
+                 explorer.frame.set_index("id").loc[bench_id, "status"] == "success")
+        wait_for(lambda: bool(explorer.percentiles.data))
+        assert explorer.empty.value == "" and explorer.plots.layout.display is None
+    finally:
+        explorer.stop()
+
+
+@pytest.mark.slow
+def test_launcher_shows_a_failure_reason_red_and_clears_the_old_plot(
+        lab: Lab, small_onnx: Path, tmp_path: Path) -> None:
+    launcher = Launcher(lab)
+    upload(launcher, small_onnx)
+    launcher.engine.value = "onnxruntime"
+    launcher.runs.value = 5
+    launcher.launch.click()
+    launcher.task.result(timeout=120)  # type: ignore[union-attr]
+    assert launcher.plot.data and launcher.progress_label.value == "5/5"
+    upload(launcher, custom_op_model(tmp_path / "fancy.onnx"))
+    launcher.engine.value = "onnxruntime"
+    launcher.launch.click()
+    assert not launcher.plot.data  # the previous run's plot is gone at once
+    launcher.task.result(timeout=120)  # type: ignore[union-attr]
+    assert launcher.current is not None
+    final = launcher.current.info()
+    assert final["status"] == "failed" and final["message"]
+    assert launcher.progress.bar_style == "danger"
+    assert html.escape(final["message"]) in launcher.message.value
+    assert not launcher.plot.data and launcher.result.value == ""
+
+
+@pytest.mark.slow
+def test_cancel_stops_the_run_in_flight(lab: Lab, small_onnx: Path) -> None:
+    launcher = Launcher(lab)
+    upload(launcher, small_onnx)
+    launcher.engine.value = "onnxruntime"
+    launcher.params.value = '{"min_time_s": 60}'
+    assert launcher.cancel.disabled
+    launcher.launch.click()
+    wait_for(lambda: launcher.current is not None and not launcher.cancel.disabled)
+    launcher.cancel.click()
+    launcher.task.result(timeout=120)  # type: ignore[union-attr]
+    assert launcher.current is not None and launcher.current.status == "canceled"
+    assert launcher.progress.bar_style == "danger" and "canceled" in launcher.message.value
+    assert launcher.cancel.disabled and not launcher.launch.disabled
 
 
 def test_board_shows_instances_and_refreshes_on_events(lab: Lab, small_onnx: Path) -> None:
     board = TargetBoard(lab)
     try:
         assert "host-cpu-0" in board.table.value and "vlab-state-" in board.table.value
-        time.sleep(0.5)
+        wait_for(lambda: board.refreshes >= 2)  # subscribed: the stream's first event
         before = board.refreshes
         bench = lab.benchmark(small_onnx, "host-cpu", "onnxruntime", runs=5)
         bench.wait(progress=False)
-        deadline = time.monotonic() + 10
-        while board.refreshes < before + 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert board.refreshes >= before + 2  # pending, queued, running, success...
+        wait_for(lambda: board.refreshes >= before + 2)  # pending, queued, running, success...
     finally:
         board.stop()

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import html
-import threading
+from typing import Any
 
 import ipywidgets as w
 
 from vlab_kernel.lab import Lab, connect
-from vlab_widgets.common import Message
+from vlab_widgets.common import EventFollower, Message
 
 
 class TargetBoard(w.VBox):
+    """Every target instance with its state and queue; `live` follows the server's events."""
+
     def __init__(self, lab: Lab | None = None, live: bool = True) -> None:
         self.lab = lab or connect()
         self.table = w.HTML()
         self.message = Message()
         self.refreshes = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._follower = EventFollower(self.lab, "/api/targets/events", self._on_event,
+                                       self.message.show_error)
         super().__init__([w.HTML("<h3>Targets</h3>"), self.table, self.message])
         self.add_class("vlab-board")
         self.refresh()
@@ -50,25 +52,12 @@ class TargetBoard(w.VBox):
         self.refreshes += 1
         self.add_class("vlab-ready")
 
+    def _on_event(self, _event: dict[str, Any]) -> None:
+        self.refresh()
+
     def start(self) -> None:
         """Follow the server's target events in the background (no polling)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._follow, daemon=True,
-                                        name="vlab-target-board")
-        self._thread.start()
-
-    def _follow(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for _event in self.lab.client.stream("/api/targets/events"):
-                    if self._stop.is_set():
-                        return
-                    self.refresh()
-            except Exception as error:
-                self.message.show_error(error)
-                self._stop.wait(2.0)
+        self._follower.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._follower.stop()

@@ -1,8 +1,9 @@
-"""The results explorer: filter the history, plot distributions and compare runs."""
+"""The results explorer: filter the history, plot each configuration's runs and compare runs."""
 
 from __future__ import annotations
 
 import html
+import threading
 from typing import Any
 
 import ipywidgets as w
@@ -10,13 +11,27 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from vlab_kernel.lab import Lab, connect
-from vlab_widgets.common import Message
+from vlab_widgets.common import MIB, MS, EventFollower, Message, sig3, stability_text
 from vlab_widgets.plots import latency_distribution, latency_vs_memory, memory_bars, percentile_bars
 
-TABLE_COLUMNS = ["id", "model", "target_uid", "engine", "benchmark_type", "status",
-                 "latency_mean_s", "latency_p90_s", "latency_p99_s", "peak_memory_bytes",
-                 "created_at"]
 ALL = "(all)"
+MAX_PICKABLE = 50  # the most recent runs offered for comparison
+# Shown columns: name in the frame -> (header, scale); metrics in ms and MiB.
+TABLE_COLUMNS: dict[str, tuple[str, float]] = {
+    "id": ("id", 1), "model": ("model", 1), "target_uid": ("instance", 1),
+    "engine": ("engine", 1), "status": ("status", 1),
+    "latency_median_s": ("median (ms)", MS), "latency_p99_s": ("p99 (ms)", MS),
+    "peak_memory_bytes": ("peak memory (MiB)", 1 / MIB), "stability": ("stability", 1),
+    "message": ("message", 1), "created_at": ("created", 1)}
+COMPARED_METRICS: dict[str, tuple[str, float]] = {
+    "latency_median_s": ("median latency (ms)", MS), "latency_mean_s": ("mean latency (ms)", MS),
+    "latency_p90_s": ("p90 latency (ms)", MS), "latency_p99_s": ("p99 latency (ms)", MS),
+    "latency_std_s": ("latency std (ms)", MS), "latency_cv": ("latency CV", 1),
+    "peak_memory_bytes": ("peak memory (MiB)", 1 / MIB),
+    "memory_delta_bytes": ("memory over baseline (MiB)", 1 / MIB),
+    "throughput_ips": ("throughput (inferences/s)", 1), "nb_inference": ("inferences", 1)}
+# Keeps wide tables inside the notebook's width: they scroll instead of being cut.
+SCROLL = "overflow-x:auto;max-width:100%"
 
 
 def _replace(target: go.FigureWidget, source: go.Figure) -> None:
@@ -27,101 +42,204 @@ def _replace(target: go.FigureWidget, source: go.Figure) -> None:
         target.layout = source.layout
 
 
+def _frame_html(frame: pd.DataFrame, classes: str, index: bool = False) -> str:
+    table = frame.to_html(index=index, classes=classes, na_rep="–", escape=True,
+                          formatters={c: sig3 for c in frame.columns
+                                      if pd.api.types.is_float_dtype(frame[c])})
+    return f'<div style="{SCROLL}">{table}</div>'
+
+
+def results_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows as shown: units in the headers, metrics in ms and MiB, a failed run's message
+    and each run's stability verdict."""
+    shown = frame.copy()
+    if "latency_cv" in shown or "unstable" in shown:
+        shown["stability"] = [
+            stability_text(r.get("latency_cv"), r.get("unstable")) if r.get("status") ==
+            "success" else "" for r in shown.to_dict("records")]
+    if "created_at" in shown and pd.api.types.is_datetime64_any_dtype(shown["created_at"]):
+        shown["created_at"] = shown["created_at"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    columns = {}
+    for name, (header, scale) in TABLE_COLUMNS.items():
+        if name in shown:
+            column = shown[name]
+            columns[header] = pd.to_numeric(column, errors="coerce") * scale if scale != 1 \
+                else column
+    return pd.DataFrame(columns)
+
+
 class ResultsExplorer(w.VBox):
-    def __init__(self, lab: Lab | None = None, include_public: bool = False) -> None:
+    """The benchmark history: filters, a table, per-configuration plots (runs grouped with their
+    spread and count, never summed) and a side-by-side comparison of picked runs. `live`
+    refreshes it whenever a benchmark changes state, e.g. after a launch from the launcher."""
+
+    def __init__(self, lab: Lab | None = None, include_public: bool = False,
+                 live: bool = True) -> None:
         self.lab = lab or connect()
         self.all_results = pd.DataFrame()
         self.message = Message()
+        self.refreshes = 0
+        self._lock = threading.RLock()
         self.filters = {name: w.Dropdown(description=name, options=[ALL], value=ALL)
                         for name in ("target", "engine", "model", "status")}
         self.include_public = w.Checkbox(value=include_public, description="public results")
         self.refresh_button = w.Button(description="Refresh", icon="refresh")
         self.table = w.HTML()
-        self.runs = w.SelectMultiple(description="Compare", options=[], rows=6,
-                                     layout={"width": "60%"})
+        self.picks: dict[str, w.Checkbox] = {}
+        self._ticked: list[str] = []  # in the order they were ticked: the first is the baseline
+        self.runs = w.VBox(layout={"max_height": "220px", "overflow": "auto"})
         self.comparison_table = w.HTML()
         self.verdict = w.HTML()
+        self.empty = w.HTML()
         self.distribution = go.FigureWidget()
         self.percentiles = go.FigureWidget()
         self.memory = go.FigureWidget()
         self.scatter = go.FigureWidget()
+        self.percentiles.add_class("vlab-percentiles")
+        self.memory.add_class("vlab-memory")
+        full = {"width": "100%"}
+        # Stacked at full width (autosize): side by side, the memory plot was cut at the edge.
+        for figure in (self.percentiles, self.memory, self.scatter, self.distribution):
+            figure.layout.autosize = True
+        self.plots = w.VBox([self.percentiles, self.memory, self.scatter], layout=full)
+        self.distribution_box = w.VBox([self.distribution], layout=full)
         for dropdown in self.filters.values():
             dropdown.observe(lambda _c: self.apply_filters(), names="value")
         self.include_public.observe(lambda _c: self.refresh(), names="value")
         self.refresh_button.on_click(lambda _b: self.refresh())
-        self.runs.observe(lambda _c: self.update_comparison(), names="value")
+        self._follower = EventFollower(self.lab, "/api/targets/events",
+                                       lambda _event: self.refresh(), self.message.show_error)
         super().__init__([
             w.HTML("<h3>Results</h3>"),
-            w.HBox([*self.filters.values()]), w.HBox([self.include_public, self.refresh_button]),
-            self.message, self.table, self.runs, self.verdict, self.comparison_table,
-            self.distribution,
-            w.HBox([self.percentiles, self.memory]), self.scatter])
+            w.HBox([*self.filters.values()], layout={"flex_flow": "row wrap"}),
+            w.HBox([self.include_public, self.refresh_button]),
+            self.message, self.table, self.empty, self.plots,
+            w.HTML("<b>Compare</b>: tick runs to see them side by side"), self.runs,
+            self.verdict, self.comparison_table, self.distribution_box], layout=full)
         self.add_class("vlab-explorer")
         self.refresh()
+        if live:
+            self._follower.start()
 
     @property
     def frame(self) -> pd.DataFrame:
-        """The filtered, successful-or-not results currently shown."""
+        """The results the filters keep (any status)."""
         frame = self.all_results
         for name, dropdown in self.filters.items():
-            column = "target" if name == "target" else name
-            if dropdown.value != ALL and column in frame:
-                frame = frame[frame[column] == dropdown.value]
+            if dropdown.value != ALL and name in frame:
+                frame = frame[frame[name] == dropdown.value]
         return frame
 
     def refresh(self) -> None:
+        """Reload the history from the API and redraw."""
         try:
-            self.all_results = self.lab.results(include_public=self.include_public.value)
+            results = self.lab.results(include_public=self.include_public.value)
         except Exception as error:
             self.message.show_error(error)
             return
-        self.message.clear()
-        for name, dropdown in self.filters.items():
-            values = sorted(self.all_results[name].dropna().unique()) \
-                if name in self.all_results else []
-            current = dropdown.value
-            dropdown.options = [ALL, *values]
-            dropdown.value = current if current in dropdown.options else ALL
-        self.apply_filters()
+        with self._lock:
+            self.all_results = results
+            self.message.clear()
+            for name, dropdown in self.filters.items():
+                values = sorted(results[name].dropna().unique()) if name in results else []
+                current = dropdown.value
+                with dropdown.hold_trait_notifications():
+                    dropdown.options = [ALL, *values]
+                    dropdown.value = current if current in dropdown.options else ALL
+            self.apply_filters()
+            self.refreshes += 1
         self.add_class("vlab-ready")
 
     def apply_filters(self) -> None:
-        frame = self.frame
-        shown = frame[[c for c in TABLE_COLUMNS if c in frame]]
-        self.table.value = shown.to_html(index=False, classes="vlab-results-table",
-                                         float_format=lambda v: f"{v:.6g}") \
-            if not shown.empty else "<i>no benchmarks match</i>"
-        ok = frame[frame["status"] == "success"] if "status" in frame else frame
-        self.runs.options = [(f"{r['id']} {r['model']} {r['engine']} {r['target_uid']}", r["id"])
-                             for r in ok.to_dict("records")]
-        if not ok.empty:
+        with self._lock:
+            frame = self.frame
+            self.table.value = _frame_html(results_table(frame), "vlab-results-table") \
+                if not frame.empty else "<i>no benchmarks match</i>"
+            ok = frame[frame["status"] == "success"] if "status" in frame else frame
+            self._set_picks(ok)
+            # Plots show exactly what the filters keep; without data there are no empty axes.
+            self.plots.layout.display = "none" if ok.empty else None
+            self.empty.value = "" if not ok.empty else (
+                '<p class="vlab-no-runs"><i>No runs yet: launch a benchmark to see its '
+                "plots here.</i></p>" if self.all_results.empty else
+                '<p class="vlab-no-runs"><i>No successful runs match the filters: nothing '
+                "to plot.</i></p>")
             _replace(self.percentiles, percentile_bars(ok))
             _replace(self.memory, memory_bars(ok))
             _replace(self.scatter, latency_vs_memory(ok))
+            self.update_comparison()
+
+    def _set_picks(self, ok: pd.DataFrame) -> None:
+        recent = ok.sort_values("created_at", ascending=False).head(MAX_PICKABLE) \
+            if "created_at" in ok else ok.head(MAX_PICKABLE)
+        picks = {}
+        for row in recent.to_dict("records"):
+            box = self.picks.get(row["id"]) or w.Checkbox(
+                value=False, indent=False, layout={"width": "auto"},
+                description=f"{row['id']} {row['model']} · {row['engine']} · "
+                            f"{row['target_uid']}")
+            if row["id"] not in self.picks:
+                box.observe(lambda change, bench_id=row["id"]: self._on_pick(
+                    bench_id, change["new"]), names="value")
+            picks[row["id"]] = box
+        for bench_id, box in self.picks.items():
+            if bench_id not in picks:
+                box.close()
+        self.picks = picks
+        self._ticked = [bench_id for bench_id in self._ticked if bench_id in picks]
+        self.runs.children = list(picks.values())
+
+    def _on_pick(self, bench_id: str, ticked: bool) -> None:
+        if bench_id in self._ticked:
+            self._ticked.remove(bench_id)
+        if ticked:
+            self._ticked.append(bench_id)
         self.update_comparison()
+
+    def select(self, ids: list[str]) -> None:
+        """Tick exactly these runs for comparison."""
+        for box in self.picks.values():
+            box.value = False
+        for bench_id in ids:
+            self.picks[bench_id].value = True
 
     @property
     def selected(self) -> list[str]:
-        return list(self.runs.value)
+        """The ticked runs, in the order they were ticked."""
+        return list(self._ticked)
 
     def comparison(self) -> pd.DataFrame:
-        """The selected runs side by side: one column per run, one row per metric."""
-        rows = self.all_results.set_index("id").loc[self.selected] if self.selected \
-            else pd.DataFrame()
-        return rows.T if not rows.empty else rows
+        """The selected runs side by side: one column per run, one row per metric (ms, MiB),
+        and a difference column per further run against the first one."""
+        if not self.selected:
+            return pd.DataFrame()
+        rows = self.all_results.set_index("id").loc[self.selected]
+        metrics = {label: pd.to_numeric(rows[name], errors="coerce") * scale
+                   for name, (label, scale) in COMPARED_METRICS.items() if name in rows}
+        table = pd.DataFrame(metrics).T
+        first = self.selected[0]
+        for other in self.selected[1:]:
+            table[f"{other} − {first}"] = table[other] - table[first]
+        return table
 
     def update_comparison(self) -> None:
         comparison = self.comparison()
-        self.comparison_table.value = comparison.to_html(classes="vlab-comparison") \
+        self.comparison_table.value = _frame_html(comparison, "vlab-comparison", index=True) \
             if not comparison.empty else ""
         self.verdict.value = ""
-        if len(self.selected) == 2:
-            result = self.lab.compare(*self.selected)
-            self.verdict.value = (f'<p class="vlab-verdict"><b>{result["b"]}</b> vs '
-                                  f'<b>{result["a"]}</b>: {html.escape(result["verdict"])}</p>')
+        selected = self.selected
+        first = selected[0] if selected else None
+        verdicts = [self.lab.compare(first, other) for other in selected[1:]] if first else []
+        self.verdict.value = "".join(
+            f'<p class="vlab-verdict"><b>{r["b"]}</b> vs <b>{r["a"]}</b>: '
+            f'{html.escape(r["verdict"])}</p>' for r in verdicts)
         samples: dict[str, Any] = {}
-        for bench_id in self.selected:
+        for bench_id in selected:
             bench = self.lab.get(bench_id)
-            summary = bench.summary()
-            samples[f"{bench_id} {summary['engine']}"] = bench.latencies
+            samples[f"{bench_id} {bench.summary()['engine']}"] = bench.latencies
+        self.distribution_box.layout.display = None if samples else "none"
         _replace(self.distribution, latency_distribution(samples))
+
+    def stop(self) -> None:
+        """Stop following the server's events."""
+        self._follower.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ import plotly.graph_objects as go
 from vlab_kernel.defaults import DEFAULT_MAX_NB_INFERENCE, DEFAULT_NB_INFERENCE
 from vlab_kernel.errors import BadRequest
 from vlab_kernel.lab import Benchmark, Lab, connect
-from vlab_widgets.common import Message, in_background
+from vlab_widgets.common import MIB, MS, Message, in_background, sig3, stability_text
 from vlab_widgets.plots import latency_trace
 
-MS = 1e3
+NO_MODELS = ("No models yet: upload an .onnx or .tflite file above, or type the path of one "
+             "on the server and press Add. Launch works once a model is chosen.")
 
 
 def model_summary_html(model: dict[str, Any]) -> str:
@@ -34,15 +36,34 @@ def model_summary_html(model: dict[str, Any]) -> str:
             f"{flops / 1e6:,.1f} MFLOPs per inference<ul>{tensors}</ul></div>")
 
 
+def stability_html(report: dict[str, Any]) -> str:
+    """The run's stability verdict next to its numbers: an unstable run says so, in orange."""
+    stability = report.get("stability") or report.get("inference_latency", {}).get(
+        "stability") or {}
+    text = stability_text(stability.get("cv"), stability.get("unstable", False),
+                          stability.get("reasons"))
+    if stability.get("unstable"):
+        return (f'<div class="vlab-unstable" style="color:#e65100">⚠ {html.escape(text)}: '
+                "the numbers are noisy, rerun on an idle target before trusting them</div>")
+    return f'<div class="vlab-stable">{html.escape(text)}</div>'
+
+
 def result_summary_html(bench: Benchmark) -> str:
     report = bench.report
     latency = report["inference_latency"]
     return (f'<div class="vlab-result"><b>{html.escape(bench.id)}</b>: '
             f"{report['nb_inference']} inferences on {html.escape(str(report['target_id']))} "
-            f"with {html.escape(report['inference_engine'])} — mean "
-            f"{latency['mean'] * MS:.3f} ms, p90 {latency['p90'] * MS:.3f} ms, p99 "
-            f"{latency['p99'] * MS:.3f} ms, peak memory "
-            f"{report['peak_memory_bytes'] / 2**20:.1f} MiB</div>")
+            f"with {html.escape(report['inference_engine'])} — median "
+            f"{sig3(latency['median'] * MS)} ms, mean {sig3(latency['mean'] * MS)} ms, p90 "
+            f"{sig3(latency['p90'] * MS)} ms, p99 {sig3(latency['p99'] * MS)} ms, peak memory "
+            f"{sig3(report['peak_memory_bytes'] / MIB)} MiB{stability_html(report)}</div>")
+
+
+def progress_text(done: int, total: int, elapsed_s: float) -> str:
+    """"12/20 · ETA 3.1 s": the count and the time left at the rate so far."""
+    if done <= 0 or done >= total:
+        return f"{done}/{total}"
+    return f"{done}/{total} · ETA {sig3(elapsed_s / done * (total - done))} s"
 
 
 class Launcher(w.VBox):
@@ -75,7 +96,11 @@ class Launcher(w.VBox):
         self.params = w.Textarea(placeholder='{"threads": 1}', description="Parameters",
                                  style=style)
         self.launch = w.Button(description="Launch", button_style="primary", icon="play")
+        self.cancel = w.Button(description="Cancel", icon="stop", disabled=True,
+                               tooltip="cancel the running benchmark")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="")
+        self.progress_label = w.Label()
+        self._inference_started: float | None = None
         self.message = Message()
         self.result = w.HTML()
         self.plot = go.FigureWidget()
@@ -86,11 +111,13 @@ class Launcher(w.VBox):
         self.model.observe(self._on_model, names="value")
         self.target.observe(lambda _change: self._update_engines(), names="value")
         self.launch.on_click(self._on_launch)
+        self.cancel.on_click(self._on_cancel)
         super().__init__([
             w.HTML("<h3>Launch a benchmark</h3>"),
             w.HBox([self.upload, self.path, self.add_path]), self.model, self.model_summary,
             self.target, self.engine, self.benchmark_type, self.dataset, self.runs, self.params,
-            w.HBox([self.launch, self.progress]), self.message, self.result, self.plot])
+            w.HBox([self.launch, self.cancel, self.progress, self.progress_label]),
+            self.message, self.result, self.plot])
         self.add_class("vlab-launcher")
         self.refresh()
 
@@ -111,6 +138,8 @@ class Launcher(w.VBox):
             self.target.value = targets[0]
         self._set_model_options()
         self._update_engines()
+        if not self.models:
+            self.message.show(NO_MODELS)
         self.add_class("vlab-ready")
 
     def _set_model_options(self) -> None:
@@ -188,25 +217,41 @@ class Launcher(w.VBox):
             raise BadRequest("parameters must be a JSON object")
         return value
 
+    def dataset_path(self) -> Path | None:
+        """The dataset file typed in, checked here so a typo reads as one line."""
+        text = self.dataset.value.strip()
+        if not text:
+            return None
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise BadRequest(f"dataset file {path} not found")
+        return path
+
     def _on_launch(self, _button: w.Button) -> None:
         try:
             params = self.parameters()
+            dataset = self.dataset_path()
         except BadRequest as error:
             self.message.show_error(error)
             return
         self.launch.disabled = True
+        self.current = None
         self.result.value = ""
+        self.plot.data = ()  # the previous run's plot must not pass for this one's
+        self.plot.layout.title = None
         self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
+        self.progress_label.value = ""
+        self._inference_started = None
         self.message.show("submitting…")
-        self.task = in_background(lambda: self._run(params))
+        self.task = in_background(lambda: self._run(params, dataset))
 
-    def _run(self, params: dict[str, Any]) -> None:
+    def _run(self, params: dict[str, Any], dataset: Path | None) -> None:
         try:
-            dataset = self.dataset.value.strip() or None
             bench = self.lab.benchmark(self.model.value, self.target.value, self.engine.value,
                                        runs=self.runs.value, type=self.benchmark_type.value,
                                        dataset=dataset, params=params)
             self.current = bench
+            self.cancel.disabled = False
             self.message.show(f"{bench.id} submitted")
             final = self.lab.client.wait(bench.id, self._on_event)
             if final["status"] != "success":
@@ -215,7 +260,10 @@ class Launcher(w.VBox):
                 reason = final["message"] or (detail[-1] if detail else "see its error log")
                 self.message.show_error(BadRequest(f"{bench.id} {final['status']}: {reason}"))
                 return
-            self.progress.value, self.progress.bar_style = self.progress.max, "success"
+            total = int(bench.report["nb_inference"])
+            self.progress.max, self.progress.value, self.progress.bar_style = \
+                total, total, "success"
+            self.progress_label.value = progress_text(total, total, 0)
             self.result.value = result_summary_html(bench)
             with self.plot.batch_update():
                 self.plot.data = ()
@@ -225,14 +273,29 @@ class Launcher(w.VBox):
                 self.plot.layout.yaxis.title = "latency (ms)"
             self.message.show(f"{bench.id} finished")
         except Exception as error:
+            self.progress.bar_style = "danger"
             self.message.show_error(error)
         finally:
             self.launch.disabled = False
+            self.cancel.disabled = True
+
+    def _on_cancel(self, _button: w.Button) -> None:
+        if self.current is None:
+            return
+        self.cancel.disabled = True
+        try:
+            self.message.show(f"{self.current.id}: {self.current.cancel()}")
+        except Exception as error:
+            self.message.show_error(error)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         progress = event.get("progress") or {}
         if progress.get("phase") == "inference" and progress.get("total"):
-            self.progress.max = progress["total"]
-            self.progress.value = min(progress["done"], progress["total"])
+            if self._inference_started is None:
+                self._inference_started = time.monotonic()
+            total, done = progress["total"], min(progress["done"], progress["total"])
+            self.progress.max, self.progress.value = total, done
+            self.progress_label.value = progress_text(
+                done, total, time.monotonic() - self._inference_started)
         state = progress.get("phase") if event.get("event") == "progress" else event["status"]
         self.message.show(f"{event['id']}: {state}")

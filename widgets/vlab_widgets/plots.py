@@ -1,4 +1,8 @@
-"""Plotly figures of benchmark results; each takes plain data and returns a figure."""
+"""Plotly figures of benchmark results; each takes plain data and returns a figure.
+
+Repeated runs of one configuration (model · engine · target) are one group: the bar is the
+median of the runs, the error bar spans their min–max and the label carries the run count, so
+runs are never stacked or summed."""
 
 from __future__ import annotations
 
@@ -7,12 +11,47 @@ from collections.abc import Mapping
 import pandas as pd
 import plotly.graph_objects as go
 
-MS = 1e3
+from vlab_widgets.common import MIB, MS
+
+MARGIN = {"t": 40, "l": 50, "r": 10, "b": 40}
 
 
 def _label(row: Mapping[str, object]) -> str:
-    where = row.get("target_uid") or row.get("target")
+    where = row.get("target") or row.get("target_uid")
     return f"{row.get('model')} · {row.get('engine')} · {where}"
+
+
+def successful(results: pd.DataFrame) -> pd.DataFrame:
+    """The runs that have metrics to plot."""
+    return results[results["status"] == "success"] if "status" in results else results
+
+
+def group_runs(results: pd.DataFrame, column: str, scale: float) -> pd.DataFrame:
+    """One row per configuration of the successful runs: `median`, `min`, `max` of `column`
+    times `scale`, and `runs` (how many runs the group holds), in label order."""
+    ok = successful(results)
+    if ok.empty or column not in ok:
+        return pd.DataFrame(columns=["median", "min", "max", "runs"])
+    values = pd.to_numeric(ok[column], errors="coerce") * scale
+    labels = pd.Series([_label(r) for r in ok.to_dict("records")], index=ok.index,
+                       name="configuration")
+    grouped = values.groupby(labels).agg(["median", "min", "max", "count"])
+    return grouped.rename(columns={"count": "runs"})
+
+
+def _group_bar(results: pd.DataFrame, column: str, scale: float, name: str,
+               unit: str) -> go.Bar | None:
+    groups = group_runs(results, column, scale)
+    if groups.empty:
+        return None
+    return go.Bar(
+        x=list(groups.index), y=groups["median"], name=name,
+        error_y={"type": "data", "symmetric": False, "array": groups["max"] - groups["median"],
+                 "arrayminus": groups["median"] - groups["min"]},
+        customdata=groups["runs"].astype(int), text=[f"n={n}" for n in groups["runs"]],
+        textposition="inside",
+        hovertemplate=(f"%{{x}}<br>{name}: %{{y:.3g}} {unit} (median of %{{customdata}} "
+                       "runs)<extra></extra>"))
 
 
 def latency_distribution(samples: Mapping[str, pd.Series], widget: bool = False) -> go.Figure:
@@ -22,7 +61,7 @@ def latency_distribution(samples: Mapping[str, pd.Series], widget: bool = False)
         figure.add_trace(go.Box(y=series.to_numpy() * MS, name=name, boxpoints="outliers",
                                 boxmean=True))
     figure.update_layout(title="Latency per inference", yaxis_title="latency (ms)",
-                         showlegend=False, margin={"t": 40, "l": 50, "r": 10, "b": 40})
+                         yaxis_tickformat=".3~g", showlegend=False, margin=MARGIN)
     return figure
 
 
@@ -33,45 +72,47 @@ def latency_trace(series: pd.Series, title: str = "Latency per inference",
     figure.add_trace(go.Scatter(x=series.index, y=series.to_numpy() * MS, mode="lines+markers",
                                 marker={"size": 3}, name="latency"))
     figure.update_layout(title=title, xaxis_title="inference", yaxis_title="latency (ms)",
-                         margin={"t": 40, "l": 50, "r": 10, "b": 40})
+                         yaxis_tickformat=".3~g", margin=MARGIN)
     return figure
 
 
 def percentile_bars(results: pd.DataFrame, widget: bool = False) -> go.Figure:
-    """p50, p90 and p99 latency per run, grouped."""
+    """p50, p90 and p99 latency per configuration: median over its runs, min–max error bars."""
     figure = go.FigureWidget() if widget else go.Figure()
-    labels = [_label(row) for row in results.to_dict("records")]
     for column, name in (("latency_median_s", "p50"), ("latency_p90_s", "p90"),
                          ("latency_p99_s", "p99")):
-        if column in results:
-            figure.add_trace(go.Bar(x=labels, y=results[column] * MS, name=name))
-    figure.update_layout(title="Latency percentiles", barmode="group", yaxis_title="ms",
-                         margin={"t": 40, "l": 50, "r": 10, "b": 40})
+        bar = _group_bar(results, column, MS, name, "ms")
+        if bar is not None:
+            figure.add_trace(bar)
+    figure.update_layout(title="Latency percentiles (median of runs, min–max)",
+                         barmode="group", yaxis_title="ms", yaxis_tickformat=".3~g",
+                         margin=MARGIN)
     return figure
 
 
 def memory_bars(results: pd.DataFrame, widget: bool = False) -> go.Figure:
+    """Peak RSS and memory over the baseline per configuration, grouped like the latencies."""
     figure = go.FigureWidget() if widget else go.Figure()
-    labels = [_label(row) for row in results.to_dict("records")]
-    if "peak_memory_bytes" in results:
-        figure.add_trace(go.Bar(x=labels, y=results["peak_memory_bytes"] / 2**20,
-                                name="peak RSS"))
-    if "memory_delta_bytes" in results:
-        figure.add_trace(go.Bar(x=labels, y=results["memory_delta_bytes"] / 2**20,
-                                name="over baseline"))
-    figure.update_layout(title="Memory", barmode="group", yaxis_title="MiB",
-                         margin={"t": 40, "l": 50, "r": 10, "b": 40})
+    for column, name in (("peak_memory_bytes", "peak RSS"),
+                         ("memory_delta_bytes", "over baseline")):
+        bar = _group_bar(results, column, 1 / MIB, name, "MiB")
+        if bar is not None:
+            figure.add_trace(bar)
+    figure.update_layout(title="Memory (median of runs, min–max)", barmode="group",
+                         yaxis_title="MiB", yaxis_tickformat=".3~g", margin=MARGIN)
     return figure
 
 
 def latency_vs_memory(results: pd.DataFrame, widget: bool = False) -> go.Figure:
+    """One point per successful run: a scatter shows repeated runs side by side."""
     figure = go.FigureWidget() if widget else go.Figure()
-    for engine, group in results.groupby("engine"):
+    ok = successful(results)
+    for engine, group in ok.groupby("engine"):
         figure.add_trace(go.Scatter(
-            x=group["peak_memory_bytes"] / 2**20, y=group["latency_mean_s"] * MS,
+            x=group["peak_memory_bytes"] / MIB, y=group["latency_mean_s"] * MS,
             mode="markers", name=str(engine), text=[_label(r) for r in group.to_dict("records")],
             marker={"size": 10}))
-    figure.update_layout(title="Latency vs memory", xaxis_title="peak memory (MiB)",
-                         yaxis_title="mean latency (ms)",
-                         margin={"t": 40, "l": 50, "r": 10, "b": 40})
+    figure.update_layout(title="Latency vs memory (one point per run)",
+                         xaxis_title="peak memory (MiB)", yaxis_title="mean latency (ms)",
+                         xaxis_tickformat=".3~g", yaxis_tickformat=".3~g", margin=MARGIN)
     return figure
