@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -58,8 +59,22 @@ def _count(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows an option's default where it has one (not "None" or "False")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
-    """Argument mistakes, like every user mistake, print one line and exit non-zero."""
+    """Argument mistakes, like every user mistake, print one line and exit non-zero. Help
+    shows each option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -98,23 +113,54 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(report: dict[str, Any]) -> str:
+MS = 1e3  # seconds -> ms
+MIB = 2**20  # bytes -> MiB
+
+
+def _sig3(value: Any, scale: float = 1.0) -> str:
+    """A number to 3 significant digits (whole numbers from 1000 up), blank where unknown."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return "" if value is None else str(value)
+    number = value * scale
+    if number != number:  # NaN
+        return ""
+    return f"{number:,.0f}" if abs(number) >= 1000 else f"{number:.3g}"
+
+
+def _noise(report: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """The stability verdict with its reasons, and a warning when jobs ran side by side."""
+    lines = []
+    stability = report.get("stability") or {}
+    if stability.get("unstable"):  # its reasons give the numbers
+        lines.append(f"  noise    UNSTABLE: {'; '.join(stability.get('reasons') or [])}")
+    elif stability.get("cv") is not None:
+        drift = stability.get("drift") or 0.0
+        lines.append(f"  noise    stable (CV {_sig3(stability['cv'], 100)} %, drift "
+                     f"{'+' if drift > 0 else ''}{_sig3(drift, 100)} %)")
+    others = metrics.get("concurrent_jobs_on_host") or 0
+    if others:
+        lines.append(f"  warning  {others} other job(s) ran on this host at the same time, "
+                     "sharing its cores and memory: the latencies may be noisy")
+    return lines
+
+
+def _summary(report: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
     latency = report["inference_latency"]
-    ms = 1e3
+    timings = "  ".join(f"{name} {_sig3(latency[name], MS)} ms" for name in (
+        "mean", "median", "p90", "p99", "min", "max"))
     return "\n".join([
         f"{report['model_file_name']} on {report['target_id']} with {report['inference_engine']} "
         f"{report.get('engine_version', '')} ({report['benchmark_type']}, "
         f"{report['nb_inference']} inferences, {report.get('threads')} thread(s))",
-        f"  latency  mean {latency['mean'] * ms:.3f} ms  median {latency['median'] * ms:.3f} ms"
-        f"  p90 {latency['p90'] * ms:.3f} ms  p99 {latency['p99'] * ms:.3f} ms"
-        f"  min {latency['min'] * ms:.3f} ms  max {latency['max'] * ms:.3f} ms",
-        f"  memory   peak {report['peak_memory_bytes'] / 2**20:.1f} MiB  "
-        f"delta {report['memory_delta_bytes'] / 2**20:.1f} MiB",
-        f"  model    {report.get('model_size') or 0} bytes  "
+        f"  latency  {timings}",
+        f"  memory   peak {_sig3(report['peak_memory_bytes'], 1 / MIB)} MiB  "
+        f"delta {_sig3(report['memory_delta_bytes'], 1 / MIB)} MiB",
+        f"  model    {_sig3((report.get('model_size') or 0) / MIB)} MiB  "
         f"{report.get('nb_parameters_model') or 0:,} parameters  "
-        f"{(report.get('flops') or 0) / 1e6:,.1f} MFLOPs/inference",
-        f"  startup  load {report['init_time_s'] * ms:.1f} ms  first inference "
-        f"{report['first_inference_s'] * ms:.3f} ms",
+        f"{_sig3((report.get('flops') or 0) / 1e6)} MFLOPs/inference",
+        f"  startup  load {_sig3(report['init_time_s'], MS)} ms  first inference "
+        f"{_sig3(report['first_inference_s'], MS)} ms",
+        *_noise(report, metrics or {}),
     ])
 
 
@@ -144,13 +190,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         finally:
             if printer:
                 printer.close()
-        if final["status"] != "success":
-            detail = client.log(bench_id, "error-log").strip() if "error_log" in \
-                final["artifacts"] else ""
-            if detail:
-                print(detail, file=sys.stderr)
+        if final["status"] != "success":  # the message holds the reason from its error log
             raise UsageError(f"benchmark {bench_id} {final['status']}: "
-                             f"{final['message'] or 'see its error log'}")
+                             f"{final['message'] or 'no reason given'}")
         report = client.report(bench_id)
     if report is None:
         raise UsageError(f"benchmark {bench_id} finished without a report")
@@ -158,12 +200,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(f"benchmark {bench_id}: success")
-        print(_summary(report))
+        print(_summary(report, final.get("metrics") or {}))
     return 0
 
 
-RESULT_COLUMNS = ["id", "status", "target", "engine", "model", "benchmark_type", "nb_inference",
-                  "latency_mean_s", "latency_p90_s", "peak_memory_bytes", "created_at"]
+# The table's columns: the API's column (units in its name) -> the header and scale shown.
+RESULT_COLUMNS = {
+    "id": ("id", None), "status": ("status", None), "target": ("target", None),
+    "engine": ("engine", None), "model": ("model", None),
+    "benchmark_type": ("type", None), "nb_inference": ("runs", None),
+    "latency_mean_s": ("mean ms", MS), "latency_p90_s": ("p90 ms", MS),
+    "latency_cv": ("CV %", 100.0), "unstable": ("unstable", None),
+    "peak_memory_bytes": ("peak MiB", 1 / MIB), "created_at": ("created", None),
+    "message": ("message", None),
+}
+
+
+def _results_table(rows: list[dict[str, Any]]) -> str:
+    """`vlab bench`'s units: ms, MiB, 3 significant digits; times to the second."""
+    shown = [{header: _sig3(row.get(key), scale) if scale else row.get(key)
+              for key, (header, scale) in RESULT_COLUMNS.items()} for row in rows]
+    for row in shown:
+        row["created"] = (row["created"] or "")[:19].replace("T", " ")
+    return _table(shown, [header for header, _ in RESULT_COLUMNS.values()])
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -172,14 +231,15 @@ def cmd_results(args: argparse.Namespace) -> int:
                               status=args.status)
     if args.json:
         print(json.dumps(rows, indent=1))
-    elif args.csv:
+    elif args.csv:  # the API's own columns and units (in their names), for other tools
+        order = list(RESULT_COLUMNS)
         columns = sorted({k for r in rows for k in r}, key=lambda c: (
-            RESULT_COLUMNS.index(c) if c in RESULT_COLUMNS else len(RESULT_COLUMNS), c))
+            order.index(c) if c in order else len(order), c))
         writer = csv.DictWriter(sys.stdout, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     else:
-        print(_table(rows, RESULT_COLUMNS) if rows else "no benchmarks yet")
+        print(_results_table(rows) if rows else "no benchmarks yet")
     return 0
 
 
@@ -218,7 +278,8 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 @contextmanager
 def backend_running() -> Iterator[None]:
-    """Use the backend at VLAB_URL, or start the embedded one for the duration."""
+    """Use the running backend (VLAB_URL, else the one recorded in the data dir, as a lab's
+    is), or start one for the duration."""
     backend = None
     with VlabClient() as client:
         if not _backend_reachable(client):
@@ -250,8 +311,29 @@ def cmd_lab(args: argparse.Namespace) -> int:
         command.append("--allow-root")  # containers and CI machines often run as root
     opens_a_path = any(not a.startswith("-") for a in args.extra_args)
     if notebook.is_file() and not opens_a_path:
-        command.append(str(notebook))
-    return subprocess.call(command)
+        # Jupyter serves the notebook's folder; the URL it prints opens the notebook.
+        command += [str(notebook), f"--LabApp.default_url=/lab/tree/{notebook.name}"]
+    return run_until_stopped(command)
+
+
+def run_until_stopped(command: list[str]) -> int:
+    """Run `command` in a process group of its own, and stop it with SIGTERM when this
+    process gets SIGINT (Ctrl-C), SIGTERM or SIGHUP. Jupyter then shuts down in order, its
+    kernels and the extension's backend with its workers too; a Ctrl-C that reached them
+    all at once would stop the backend while Jupyter asks whether to stop."""
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, process_group=0)
+
+    def stop(signum: int, frame: object) -> None:
+        if child.poll() is None:
+            child.terminate()
+
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, stop) for signum in stops}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -262,8 +344,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                                 "--show_tracebacks=False", *args.extra_args])
 
 
+# The kernel's own start-up warnings ("running over TCP without encryption" on a local
+# socket) are not the sweep's business; its errors still show.
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Run notebooks/sweep.ipynb with papermill: every model x target x engine."""
+    """Run notebooks/sweep.ipynb with papermill: every model x target x engine. The notebook's
+    printed lines (one per finished combination, then the table) reach the terminal as they
+    come; the command fails when any combination did not succeed."""
     import papermill
 
     models = [str(Path(m).resolve()) for m in args.models]
@@ -273,20 +362,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     parameters = {"models": models, "targets": args.targets, "engines": args.engines,
-                  "runs": args.runs, "benchmark_type": args.type, "output_dir": str(out)}
+                  "runs": args.runs, "benchmark_type": args.type,
+                  "params": dict(_parse_param(p) for p in args.param or []),
+                  "output_dir": str(out)}
     with backend_running():
         try:
             papermill.execute_notebook(str(NOTEBOOKS / "sweep.ipynb"), str(out / "sweep.ipynb"),
                                        parameters=parameters, kernel_name="python3",
-                                       progress_bar=False, cwd=str(out))
+                                       progress_bar=False, cwd=str(out),
+                                       stdout_file=sys.stdout, extra_arguments=QUIET_KERNEL)
         except papermill.PapermillExecutionError as exc:
             raise UsageError(f"the sweep failed: {exc.ename}: {exc.evalue} "
                              f"(see {out / 'sweep.ipynb'})") from None
     with (out / "results.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    print(_table(rows, ["model", "target", "engine", "status", "latency_mean_s",
-                        "latency_p90_s", "peak_memory_bytes"]))
-    print(f"results: {out / 'results.csv'}, figures: {out / 'figures.html'}")
+        statuses = [row["status"] for row in csv.DictReader(handle)]
+    print(f"results: {out / 'results.csv'}, figures: {out / 'figures.html'}, "
+          f"notebook: {out / 'sweep.ipynb'}")
+    failed = sum(status != "success" for status in statuses)
+    if failed:
+        raise UsageError(f"{failed} of {len(statuses)} combinations did not succeed "
+                         "(their reasons are in the table above)")
     return 0
 
 
@@ -323,56 +418,91 @@ def build_parser() -> argparse.ArgumentParser:
     # Sub-commands are _Parser too; the server's commands take any ArgumentParser's.
     add_server_commands(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
 
-    lab = sub.add_parser("lab", help="JupyterLab with the embedded backend; other arguments "
-                         "go to JupyterLab")
+    lab = sub.add_parser(
+        "lab", help="JupyterLab with the VLab extension, on the guided tour",
+        description="Start JupyterLab with the VLab extension, which uses the lab's running "
+        "backend or starts one (and stops what it started on exit), and open the guided tour "
+        "notebooks/explore.ipynb unless a path is given. Every other argument goes to "
+        "JupyterLab, e.g. `vlab lab --port 8888 --no-browser`: see `jupyter lab --help`.")
     lab.set_defaults(func=cmd_lab, extra_args=[])
 
-    dashboard = sub.add_parser("dashboard", help="the read-only Voila dashboard; other "
-                               "arguments go to Voila")
-    dashboard.add_argument("--port", type=int, default=8866)
+    dashboard = sub.add_parser(
+        "dashboard", help="the read-only Voila dashboard of results",
+        description="Serve notebooks/dashboard.ipynb with Voila (sources stripped): the "
+        "results of every configuration with run counts, intervals and stability, filters "
+        "and live updates. Uses the lab's running backend or starts one for the duration. "
+        "Every other argument goes to Voila: see `voila --help`.")
+    dashboard.add_argument("--port", type=int, default=8866, help="the port Voila serves on")
     dashboard.set_defaults(func=cmd_dashboard, extra_args=[])
 
-    sweep = sub.add_parser("sweep", help="run notebooks/sweep.ipynb with papermill")
-    sweep.add_argument("--models", nargs="+", required=True)
-    sweep.add_argument("--targets", nargs="+", required=True)
-    sweep.add_argument("--engines", nargs="+", required=True)
-    sweep.add_argument("--runs", type=_count, default=DEFAULT_NB_INFERENCE)
-    sweep.add_argument("--type", default="TYPE1", choices=["TYPE1", "TYPE2"])
-    sweep.add_argument("-o", "--output", default=DEFAULT_SWEEP_DIR)
+    sweep = sub.add_parser(
+        "sweep", help="benchmark every model x target x engine (notebooks/sweep.ipynb)",
+        description="Run notebooks/sweep.ipynb with papermill: every model on every target "
+        "with every engine, concurrently on the free instances. Prints a line as each "
+        "combination ends, then a table; writes results.csv, figures.html and the executed "
+        "notebook to the output directory. Exits 1 when a combination was refused or failed.")
+    sweep.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                       help="model files (.onnx, .tflite)")
+    sweep.add_argument("--targets", nargs="+", required=True, metavar="TARGET",
+                       help="target names (see `vlab targets`)")
+    sweep.add_argument("--engines", nargs="+", required=True, metavar="ENGINE",
+                       help="inference engines")
+    sweep.add_argument("--runs", type=_count, default=DEFAULT_NB_INFERENCE,
+                       help="timed inferences per benchmark")
+    sweep.add_argument("--type", default="TYPE1", choices=["TYPE1", "TYPE2"],
+                       help="benchmark type")
+    sweep.add_argument("--param", action="append", metavar="KEY=VALUE",
+                       help="an engine parameter for every run (VALUE as JSON or text); "
+                       "repeat for more")
+    sweep.add_argument("-o", "--output", default=DEFAULT_SWEEP_DIR,
+                       help="directory for results.csv, figures.html and sweep.ipynb")
     sweep.set_defaults(func=cmd_sweep)
 
-    targets = sub.add_parser("targets", help="targets, instances, engines and their state")
-    targets.add_argument("--json", action="store_true")
+    targets = sub.add_parser("targets", help="targets, instances, engines and their state",
+                             description="List every target instance: busy or free, its "
+                             "cores, its engines and the target's queue length.")
+    targets.add_argument("--json", action="store_true", help="print the API's JSON")
     targets.set_defaults(func=cmd_targets)
 
-    bench = sub.add_parser("bench", help="benchmark a model")
+    bench = sub.add_parser("bench", help="benchmark a model",
+                           description="Submit a benchmark, follow it with a progress bar "
+                           "(count and time left) and print its report: latency in ms, "
+                           "memory in MiB, the stability verdict.")
     bench.add_argument("model", help="model file (.onnx, .tflite) or a stored model-N reference")
-    bench.add_argument("--target", required=True)
-    bench.add_argument("--engine", required=True)
-    bench.add_argument("--type", choices=["TYPE1", "TYPE2"])
+    bench.add_argument("--target", required=True, help="target name (see `vlab targets`)")
+    bench.add_argument("--engine", required=True, help="inference engine")
+    bench.add_argument("--type", choices=["TYPE1", "TYPE2"],
+                       help="benchmark type (default: TYPE2 with --dataset, else TYPE1)")
     bench.add_argument("--dataset", help="raw dataset file (TYPE2)")
-    bench.add_argument("--runs", type=_count, default=DEFAULT_NB_INFERENCE)
-    bench.add_argument("--param", action="append", metavar="KEY=VALUE")
+    bench.add_argument("--runs", type=_count, default=DEFAULT_NB_INFERENCE,
+                       help="timed inferences")
+    bench.add_argument("--param", action="append", metavar="KEY=VALUE",
+                       help="an engine parameter (VALUE as JSON or text); repeat for more")
     bench.add_argument("--public", action="store_true", help="let every user see the result")
     bench.add_argument("--json", action="store_true", help="print only the report JSON")
     bench.add_argument("--no-wait", action="store_true", help="submit and print the id")
     bench.set_defaults(func=cmd_bench)
 
-    results = sub.add_parser("results", help="benchmark history")
-    results.add_argument("--target")
-    results.add_argument("--engine")
-    results.add_argument("--model")
-    results.add_argument("--status")
+    results = sub.add_parser("results", help="benchmark history",
+                             description="One line per benchmark of yours, newest first, "
+                             "with its metrics; filters combine.")
+    results.add_argument("--target", help="only this target")
+    results.add_argument("--engine", help="only this engine")
+    results.add_argument("--model", help="only this model file name")
+    results.add_argument("--status", help="only this status (success, failed, ...)")
     fmt = results.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true")
-    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--json", action="store_true", help="print the API's JSON")
+    fmt.add_argument("--csv", action="store_true", help="print CSV with every column")
     results.set_defaults(func=cmd_results)
 
-    token = sub.add_parser("token", help="create, list or revoke API tokens")
+    token = sub.add_parser("token", help="create, list or revoke API tokens",
+                           description="Create a long-lived API token (the default), list "
+                           "yours or revoke one. A new token is shown once: use it as "
+                           "VLAB_TOKEN.")
     token.add_argument("--name", default="", help="a label for the new token")
     token.add_argument("--list", action="store_true", help="list your tokens")
     token.add_argument("--revoke", type=int, metavar="ID", help="revoke a token")
-    token.add_argument("--json", action="store_true")
+    token.add_argument("--json", action="store_true", help="print the new token as JSON")
     token.set_defaults(func=cmd_token)
     return parser
 
@@ -386,7 +516,14 @@ def main(argv: list[str] | None = None) -> int:
         args.extra_args = extra
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a reader that left shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        # The reader left (`vlab results --csv | head`): no traceback, and none at exit when
+        # Python flushes stdout, which now points nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (UsageError, VlabError) as exc:
         print(f"vlab: error: {exc}", file=sys.stderr)
         return 1

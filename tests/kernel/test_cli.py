@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.models import two_input_model
 from tests.server import LiveServer
-from vlab_kernel.cli import _parse_param, main
+from vlab_kernel.cli import _parse_param, _summary, main
 
 
 def one_error_line(stderr: str) -> str:
@@ -91,7 +94,64 @@ def test_targets_and_results(server: LiveServer, small_onnx: Path) -> None:
     assert rows and all(r["engine"] == "onnxruntime" for r in rows)
     csv_out = server.cli("results", "--csv").stdout.splitlines()
     assert csv_out[0].startswith("id,status,target,engine,model")
-    assert "latency_mean_s" in server.cli("results").stdout
+    filters = ("--engine", "onnxruntime", "--status", "success")
+    newest = json.loads(server.cli("results", "--json", *filters).stdout)[0]
+    table = server.cli("results", *filters).stdout.splitlines()
+    # vlab bench's units: ms and MiB to 3 significant digits, not seconds and bytes.
+    header = table[0].split()
+    mean = header.index("mean")
+    assert header[mean:mean + 4] == ["mean", "ms", "p90", "ms"]
+    assert "peak" in header and "latency_mean_s" not in table[0]
+    assert float(table[1].split()[mean]) == float(f"{newest['latency_mean_s'] * 1e3:.3g}")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(server: LiveServer) -> None:
+    # `vlab results --csv | head -3`: the pipe closes before the command writes to it.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "vlab_kernel.cli", "results", "--csv"],
+                              env=server.env, stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1
+    assert done.stderr == ""
+
+
+def test_a_notebook_shows_a_client_error_as_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_cell("from vlab_kernel.client import VlabClient\n"
+                       "from vlab_kernel.connection import resolve\n"
+                       "VlabClient(resolve('http://127.0.0.1:9')).targets()")
+    finally:
+        InteractiveShell.clear_instance()  # the process's one shell: other tests start theirs
+    shown = capsys.readouterr().out
+    # The message, not the frames of client.py that raised it.
+    assert one_error_line(shown).startswith("ConnectionFailed: cannot reach the VLab API")
+
+
+def test_the_summary_shows_noise(capsys: pytest.CaptureFixture[str]) -> None:
+    report = {"model_file_name": "net.onnx", "target_id": "host-cpu-0",
+              "inference_engine": "onnxruntime", "benchmark_type": "TYPE1", "nb_inference": 9,
+              "inference_latency": dict.fromkeys(
+                  ("mean", "median", "p90", "p99", "min", "max"), 0.0123456),
+              "peak_memory_bytes": 125 * 2**20, "memory_delta_bytes": 2**19,
+              "init_time_s": 0.5, "first_inference_s": 0.02}
+    stable = {"cv": 0.0123, "drift": 0.004, "unstable": False, "reasons": []}
+    assert "  latency  mean 12.3 ms  median 12.3 ms" in _summary(report)
+    assert "  memory   peak 125 MiB  delta 0.5 MiB" in _summary(report)
+    assert "  noise    stable (CV 1.23 %, drift +0.4 %)" in _summary(
+        report | {"stability": stable})
+    unstable = {"cv": 0.3, "drift": 0.0, "unstable": True,
+                "reasons": ["high variation (CV 30.0% > 10%)"]}
+    summary = _summary(report | {"stability": unstable}, {"concurrent_jobs_on_host": 2})
+    assert "  noise    UNSTABLE: high variation (CV 30.0% > 10%)" in summary
+    assert "  warning  2 other job(s) ran on this host at the same time" in summary
+    assert "warning" not in _summary(report, {"concurrent_jobs_on_host": 0})
 
 
 def test_vlab_token_overrides_the_local_credential(server: LiveServer) -> None:
