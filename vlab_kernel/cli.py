@@ -27,6 +27,7 @@ from vlab_kernel.connection import resolve
 from vlab_kernel.defaults import DEFAULT_NB_INFERENCE, DEFAULT_SWEEP_DIR
 from vlab_kernel.errors import UsageError, VlabError
 from vlab_kernel.progress import ProgressPrinter
+from vlab_kernel.units import MIB, MS, sig3
 
 # Values meant as JSON that are not: a list or object, a number that overflows, NaN or
 # Infinity. Any other text that is not JSON is sent as a string.
@@ -113,18 +114,9 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-MS = 1e3  # seconds -> ms
-MIB = 2**20  # bytes -> MiB
-
-
 def _sig3(value: Any, scale: float = 1.0) -> str:
-    """A number to 3 significant digits (whole numbers from 1000 up), blank where unknown."""
-    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return "" if value is None else str(value)
-    number = value * scale
-    if number != number:  # NaN
-        return ""
-    return f"{number:,.0f}" if abs(number) >= 1000 else f"{number:.3g}"
+    """The client's number format, blank where unknown (a terminal table's empty cell)."""
+    return sig3(value, scale, missing="")
 
 
 def _noise(report: dict[str, Any], metrics: dict[str, Any]) -> list[str]:

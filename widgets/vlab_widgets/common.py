@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,9 +12,9 @@ import ipywidgets as w
 
 from vlab_kernel.errors import VlabError
 from vlab_kernel.lab import Lab
+from vlab_kernel.units import MIB, MS, sig3
 
-MS = 1e3  # seconds -> ms
-MIB = 2**20  # bytes -> MiB
+__all__ = ["MIB", "MS", "EventFollower", "Message", "in_background", "sig3", "stability_text"]
 
 # Widget callbacks must not block the kernel: work runs here, widgets update from it.
 _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vlab-widgets")
@@ -23,19 +22,6 @@ _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vlab-widgets")
 
 def in_background(work: Callable[[], Any]) -> Future[Any]:
     return _executor.submit(work)
-
-
-def sig3(value: Any) -> str:
-    """A number to 3 significant digits (whole numbers from 1000 up); "–" where unknown."""
-    if value is None or isinstance(value, bool):
-        return "–" if value is None else str(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(number):
-        return "–"
-    return f"{number:,.0f}" if abs(number) >= 1000 else f"{number:.3g}"
 
 
 def stability_text(cv: Any, unstable: Any, reasons: list[str] | None = None) -> str:
