@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab dashboard test lint typecheck bench clean
+.PHONY: setup lab dashboard test lint typecheck bench clean training-env
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing the workbench (client and server) with its test tools"
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 lab: setup
-	@echo ">> starting JupyterLab on notebooks/explore.ipynb: open the URL it prints below"
+	@echo ">> starting JupyterLab on your copy of the tour (explore.ipynb): open the URL it prints below"
 	@echo ">> its VLab extension uses the backend running for your data dir, else starts one;"
 	@echo ">> Ctrl-C stops JupyterLab, the backend it started and that backend's workers"
 	$(BIN)/vlab lab
@@ -30,6 +30,10 @@ lab: setup
 dashboard: setup
 	@echo ">> serving notebooks/dashboard.ipynb with Voila on http://127.0.0.1:8866"
 	$(BIN)/vlab dashboard
+
+training-env: setup
+	@echo ">> on-device training (TYPE3): onnxruntime-training in its own venv (about 300 MB, once per host)"
+	VLAB_PYTHON=$(abspath $(BIN))/python bash targets/host-cpu/AI_Build/training_env.sh
 
 lint: setup
 	@echo ">> ruff"

@@ -8,6 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +24,18 @@ def free_port() -> int:
 
 
 class LiveServer:
+    """`database_url`: a PostgreSQL database instead of the data dir's SQLite file; then the
+    server takes no lock on the data dir, and several servers (API replicas) may share both."""
+
     def __init__(self, data_dir: Path, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, database_url: str | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = extra_args or []
         self.extra_env = env or {}
+        if database_url is not None:
+            self.extra_env["VLAB_DATABASE_URL"] = database_url
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"server-{self.port}.log"
         self._log_start = 0  # where this start's lines begin in the log
@@ -35,6 +43,9 @@ class LiveServer:
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "VLAB_TOKEN"}
+        # Health checks take the instances for a moment after start: only the tests that
+        # check health turn them on (their own `env`).
+        env.update(VLAB_HEALTH_CHECK_ON_JOIN="0", VLAB_HEALTH_CHECK_INTERVAL_H="0")
         env.update(VLAB_DATA_DIR=str(self.data_dir), VLAB_URL=self.url, **self.extra_env)
         return env
 
@@ -145,3 +156,36 @@ def user_client(server: LiveServer, email: str,
                               json={"email": email, "password": password})
     response.raise_for_status()
     return server.client(response.json()["access_token"])
+
+
+def postgres_base_url() -> str | None:
+    """The PostgreSQL server of the tests (VLAB_TEST_POSTGRES_URL; `.ci/run` starts one and
+    sets it): None outside CI when it is not set, a failure in CI."""
+    import pytest
+
+    url = os.environ.get("VLAB_TEST_POSTGRES_URL")
+    if url is None and os.environ.get("CI"):
+        pytest.fail("VLAB_TEST_POSTGRES_URL is not set: .ci/run starts a PostgreSQL server")
+    return url
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (its URL), dropped afterwards; the test is skipped
+    when there is no PostgreSQL server."""
+    import pytest
+    import sqlalchemy as sa
+
+    base = postgres_base_url()
+    if base is None:
+        pytest.skip("no PostgreSQL server (set VLAB_TEST_POSTGRES_URL)")
+    name = f"vlab_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
         TooLarge,
         VlabError,
     )
-    from vlab_kernel.lab import Benchmark, Lab, connect
+    from vlab_kernel.federation import Federation, FLClient
+    from vlab_kernel.lab import Benchmark, Lab, Training, connect, training_curves
 
 _ERRORS = ("AuthenticationError", "BadRequest", "BenchmarkFailed", "Conflict",
            "ConnectionFailed", "NotFound", "NotReady", "PermissionDenied", "RateLimited",
@@ -41,6 +42,8 @@ _ERRORS = ("AuthenticationError", "BadRequest", "BenchmarkFailed", "Conflict",
 # Public name -> the module that defines it.
 _HOMES = {"VlabClient": "vlab_kernel.client", "Benchmark": "vlab_kernel.lab",
           "Lab": "vlab_kernel.lab", "connect": "vlab_kernel.lab",
+          "Training": "vlab_kernel.lab", "training_curves": "vlab_kernel.lab",
+          "Federation": "vlab_kernel.federation", "FLClient": "vlab_kernel.federation",
           **dict.fromkeys(_ERRORS, "vlab_kernel.errors")}
 
 
@@ -65,6 +68,8 @@ def load_ipython_extension(ipython: object) -> None:
 
 __all__ = [
     "AuthenticationError", "BadRequest", "Benchmark", "BenchmarkFailed", "Conflict",
-    "ConnectionFailed", "Lab", "NotFound", "NotReady", "PermissionDenied", "RateLimited",
-    "ServerError", "TooLarge", "VlabClient", "VlabError", "connect",
+    "ConnectionFailed", "FLClient", "Federation", "Lab", "NotFound", "NotReady",
+    "PermissionDenied", "RateLimited",
+    "ServerError", "TooLarge", "Training", "VlabClient", "VlabError", "connect",
+    "training_curves",
 ]

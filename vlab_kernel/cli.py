@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,10 +25,11 @@ import orjson
 
 from vlab_kernel.client import VlabClient
 from vlab_kernel.connection import resolve
-from vlab_kernel.defaults import DEFAULT_NB_INFERENCE, DEFAULT_SWEEP_DIR
+from vlab_kernel.defaults import DEFAULT_NB_INFERENCE, DEFAULT_SWEEP_DIR, data_dir
 from vlab_kernel.errors import UsageError, VlabError
 from vlab_kernel.progress import ProgressPrinter
-from vlab_kernel.units import MIB, MS, sig3
+from vlab_kernel.shipped import shipped_folder
+from vlab_kernel.units import MIB, MS, budgets, sig3
 
 # Values meant as JSON that are not: a list or object, a number that overflows, NaN or
 # Infinity. Any other text that is not JSON is sent as a string.
@@ -97,6 +99,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 # -- commands ----------------------------------------------------------------------------------
 def cmd_targets(args: argparse.Namespace) -> int:
     with VlabClient() as client:
+        if args.check is not None or args.rebaseline:
+            return _check_targets(client, args)
         targets = client.targets()
     if args.json:
         print(json.dumps(targets, indent=1))
@@ -106,12 +110,69 @@ def cmd_targets(args: argparse.Namespace) -> int:
         for instance in target["instances"]:
             rows.append({
                 "target": target["target"], "instance": instance["target_uid"],
-                "state": instance["state"], "cores": ",".join(map(str, instance["cpuset"])),
+                "host": instance.get("host") or "",
+                "state": instance["state"], "health": health_cell(instance),
+                "cores": ",".join(map(str, instance["cpuset"])),
+                "budgets": budgets(instance.get("memory") or {}),
                 "engines": ", ".join(f"{name} ({'/'.join(e['supported_types'])})"
                                      for name, e in instance["engines"].items()),
                 "queue": target["queue_length"]})
-    print(_table(rows, ["target", "instance", "state", "cores", "engines", "queue"]))
+    columns = ["target", "instance", "state", "health", "cores", "engines", "queue"]
+    if any(row["budgets"] for row in rows):  # boards that declare their memory (MCUs)
+        columns.insert(5, "budgets")
+    if any(instance.get("remote") for target in targets for instance in target["instances"]):
+        columns.insert(2, "host")  # registered hosts' boards: where each one is
+    print(_table(rows, columns))
     return 0
+
+
+def health_cell(instance: dict[str, Any]) -> str:
+    """An instance's health in a few words: `healthy`, `degraded +52 %` (its last check's
+    median against its baseline's), `error`, `unknown`; `(checking)` while a check runs."""
+    health = str(instance.get("health") or "unknown")
+    ratio = (instance.get("health_detail") or {}).get("ratio")
+    if health == "degraded" and isinstance(ratio, int | float):
+        health += f" {'+' if ratio >= 1 else ''}{sig3((ratio - 1) * 100)} %"
+    if instance.get("health_checking"):
+        health += " (checking)"
+    return health
+
+
+def _check_targets(client: VlabClient, args: argparse.Namespace) -> int:
+    """`vlab targets --check [INSTANCE] [--rebaseline] [--wait]`: ask for health checks (of
+    one instance, or of every available one) and, with --wait, print their verdicts."""
+    if args.check:
+        uids = [args.check]
+    else:
+        uids = [i["target_uid"] for t in client.targets() for i in t["instances"]
+                if i["state"] in ("busy", "free")]
+    checks = [client.check_target(uid, rebaseline=args.rebaseline) for uid in uids]
+    for check in checks:
+        print(f"health check {check['id']} of {check['target_uid']}: benchmark "
+              f"{check['benchmark_id']}{' (new baseline)' if check['rebaseline'] else ''}")
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    ended: dict[int, dict[str, Any]] = {}
+    while len(ended) < len(checks):
+        if time.monotonic() > deadline:
+            raise VlabError(f"the health checks did not end within {args.timeout:g} s")
+        for check in checks:
+            if check["id"] in ended:
+                continue
+            found = client.target_health(check["target_uid"])
+            mine = next((c for c in found["checks"] if c["id"] == check["id"]), None)
+            if mine is not None and mine["verdict"] != "pending":
+                ended[check["id"]] = mine
+        if len(ended) < len(checks):
+            time.sleep(0.5)
+    failing = 0
+    for check in checks:
+        done = ended[check["id"]]
+        words = (done.get("detail") or {}).get("verdict") or done["verdict"]
+        print(f"{check['target_uid']}: {words}")
+        failing += done["verdict"] in ("degraded", "failed")
+    return 1 if failing else 0
 
 
 def _sig3(value: Any, scale: float = 1.0) -> str:
@@ -168,7 +229,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with VlabClient() as client:
         bench_id = client.submit(model, args.target, args.engine, runs=args.runs,
                                  benchmark_type=benchmark_type, dataset=dataset, params=params,
-                                 public=args.public)
+                                 public=args.public, name=args.name, tags=args.tag or (),
+                                 notes=args.notes or "")
         if args.no_wait:
             print(json.dumps({"id": bench_id}) if args.json else bench_id)
             return 0
@@ -208,30 +270,80 @@ RESULT_COLUMNS = {
 }
 
 
+# Shown after the id when any run has a name or tags.
+LABEL_COLUMNS = {"name": ("name", None), "tags": ("tags", None)}
+
+
 def _results_table(rows: list[dict[str, Any]]) -> str:
-    """`vlab bench`'s units: ms, MiB, 3 significant digits; times to the second."""
+    """`vlab bench`'s units: ms, MiB, 3 significant digits; times to the second. The runs'
+    names and tags when any has one."""
+    columns = dict(RESULT_COLUMNS)
+    if any(row.get("name") or row.get("tags") for row in rows):
+        columns = {"id": RESULT_COLUMNS["id"], **LABEL_COLUMNS, **columns}
     shown = [{header: _sig3(row.get(key), scale) if scale else row.get(key)
-              for key, (header, scale) in RESULT_COLUMNS.items()} for row in rows]
+              for key, (header, scale) in columns.items()} for row in rows]
     for row in shown:
         row["created"] = (row["created"] or "")[:19].replace("T", " ")
-    return _table(shown, [header for header, _ in RESULT_COLUMNS.values()])
+        if "tags" in row:
+            row["tags"] = ",".join(row["tags"] or [])
+    return _table(shown, [header for header, _ in columns.values()])
+
+
+def _api_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Every column of the rows: the table's first, then the others by name."""
+    order = list(RESULT_COLUMNS)
+    return sorted({k for r in rows for k in r}, key=lambda c: (
+        order.index(c) if c in order else len(order), c))
 
 
 def cmd_results(args: argparse.Namespace) -> int:
+    from vlab_kernel.export import SUFFIXES
+
+    output = Path(args.output) if args.output else None
+    if output is not None and output.suffix.lower() not in SUFFIXES:
+        raise UsageError(f"--output {output}: the file name must end in "
+                         f"{' or '.join(SUFFIXES)}")
     with VlabClient() as client:
         rows = client.results(target=args.target, engine=args.engine, model=args.model,
-                              status=args.status)
+                              status=args.status, tag=args.tag, name=args.name)
     if args.json:
         print(json.dumps(rows, indent=1))
     elif args.csv:  # the API's own columns and units (in their names), for other tools
-        order = list(RESULT_COLUMNS)
-        columns = sorted({k for r in rows for k in r}, key=lambda c: (
-            order.index(c) if c in order else len(order), c))
-        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer = csv.DictWriter(sys.stdout, fieldnames=_api_columns(rows))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "tags": ";".join(row["tags"] or [])} if "tags" in row
+                         else row for row in rows)
+    elif output is not None:
+        import pandas as pd
+
+        from vlab_kernel.export import export_table
+
+        try:
+            export_table(pd.DataFrame(rows, columns=_api_columns(rows)), output)
+        except OSError as exc:
+            raise UsageError(f"--output {output}: {exc.strerror or exc}") from None
+        print(f"{len(rows)} run(s) written to {output}")
     else:
         print(_results_table(rows) if rows else "no benchmarks yet")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    """Change the labels of one of your runs."""
+    if args.clear_tags and args.tag:
+        raise UsageError("--clear-tags and --tag contradict each other: --tag alone replaces "
+                         "the tags")
+    tags = [] if args.clear_tags else args.tag
+    if args.name is None and tags is None and args.notes is None:
+        raise UsageError("nothing to change: give --name, --tag, --clear-tags or --notes")
+    with VlabClient() as client:
+        info = client.label(args.id, name=args.name, tags=tags, notes=args.notes)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"benchmark {info['id']}: name {info.get('name') or '-'}, tags "
+          f"{', '.join(info.get('tags') or []) or '-'}"
+          + (f", notes {len(info['notes'])} characters" if info.get("notes") else ""))
     return 0
 
 
@@ -265,7 +377,7 @@ def _backend_reachable(client: VlabClient) -> bool:
         return False
 
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = shipped_folder("notebooks")
 
 
 @contextmanager
@@ -295,16 +407,35 @@ def backend_running() -> Iterator[None]:
             backend.wait(timeout=15)
 
 
+WORKSPACE = "workspace"  # in the data dir: the user's own copies of the tour notebooks
+
+
+def workspace_with_tour() -> Path:
+    """`<data dir>/workspace`, holding the user's own copy of the explore notebook. It is
+    copied once and never overwritten, so running the tour changes neither the shipped
+    notebook nor the user's edits."""
+    workspace = data_dir() / WORKSPACE
+    workspace.mkdir(parents=True, exist_ok=True)
+    tour = workspace / "explore.ipynb"
+    shipped = NOTEBOOKS / "explore.ipynb"
+    if not tour.exists() and shipped.is_file():
+        shutil.copyfile(shipped, tour)
+    return workspace
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
-    """JupyterLab with the extension (which finds or starts the backend)."""
-    notebook = NOTEBOOKS / "explore.ipynb"
+    """JupyterLab with the extension (which finds or starts the backend), opened on the
+    user's copy of the explore notebook unless a path is given."""
     command = [sys.executable, "-m", "jupyterlab", *args.extra_args]
     if os.geteuid() == 0 and "--allow-root" not in command:
         command.append("--allow-root")  # containers and CI machines often run as root
     opens_a_path = any(not a.startswith("-") for a in args.extra_args)
-    if notebook.is_file() and not opens_a_path:
-        # Jupyter serves the notebook's folder; the URL it prints opens the notebook.
-        command += [str(notebook), f"--LabApp.default_url=/lab/tree/{notebook.name}"]
+    if not opens_a_path:
+        workspace = workspace_with_tour()
+        command.append(f"--ServerApp.root_dir={workspace}")
+        if (workspace / "explore.ipynb").is_file():
+            # The URL Jupyter prints then opens the notebook.
+            command.append("--LabApp.default_url=/lab/tree/explore.ipynb")
     return run_until_stopped(command)
 
 
@@ -403,6 +534,14 @@ def add_server_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 # -- parser ------------------------------------------------------------------------------------
+def _label_options(parser: argparse.ArgumentParser, tag_help: str) -> None:
+    parser.add_argument("--name", help="a name for the run (at most 200 characters)")
+    parser.add_argument("--tag", action="append", metavar="TAG",
+                        help=f"{tag_help}; repeat for more")
+    parser.add_argument("--notes", metavar="TEXT",
+                        help="notes on the run (at most 4000 characters)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vlab", description="VLab workbench: benchmark AI models on edge "
                      "targets")
@@ -452,8 +591,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     targets = sub.add_parser("targets", help="targets, instances, engines and their state",
                              description="List every target instance: busy or free, its "
-                             "cores, its engines and the target's queue length.")
+                             "health (its last health check against its baseline), its cores, "
+                             "its engines and the target's queue length; --check runs health "
+                             "checks.")
     targets.add_argument("--json", action="store_true", help="print the API's JSON")
+    targets.add_argument("--check", nargs="?", const="", default=None, metavar="INSTANCE",
+                         help="run the health check (reference benchmark) of INSTANCE, or of "
+                         "every available instance; administrators and the instance's owner")
+    targets.add_argument("--rebaseline", action="store_true",
+                         help="with --check: the check becomes the instance's new baseline")
+    targets.add_argument("--wait", action="store_true",
+                         help="with --check: wait for the verdicts (exit status 1 when one "
+                         "is degraded or failed)")
+    targets.add_argument("--timeout", type=float, default=600.0,
+                         help="with --wait: give up after this many seconds")
     targets.set_defaults(func=cmd_targets)
 
     bench = sub.add_parser("bench", help="benchmark a model",
@@ -471,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--param", action="append", metavar="KEY=VALUE",
                        help="an engine parameter (VALUE as JSON or text); repeat for more")
     bench.add_argument("--public", action="store_true", help="let every user see the result")
+    _label_options(bench, "label the run with this tag")
     bench.add_argument("--json", action="store_true", help="print only the report JSON")
     bench.add_argument("--no-wait", action="store_true", help="submit and print the id")
     bench.set_defaults(func=cmd_bench)
@@ -482,10 +634,30 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--engine", help="only this engine")
     results.add_argument("--model", help="only this model file name")
     results.add_argument("--status", help="only this status (success, failed, ...)")
+    results.add_argument("--tag", action="append", metavar="TAG",
+                         help="only runs with this tag (any case); repeat: runs with every one")
+    results.add_argument("--name", metavar="TEXT",
+                         help="only runs whose name contains TEXT (any case)")
     fmt = results.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the API's JSON")
-    fmt.add_argument("--csv", action="store_true", help="print CSV with every column")
+    fmt.add_argument("--csv", action="store_true", help="print CSV with every column "
+                     "(tags joined with ';')")
+    fmt.add_argument("-o", "--output", metavar="FILE",
+                     help="write every column to FILE.csv (tags joined with ';') or "
+                     "FILE.parquet (tags a list)")
     results.set_defaults(func=cmd_results)
+
+    label = sub.add_parser("label", help="name, tag or annotate a run",
+                           description="Change the labels of one of your runs: what is given "
+                           "replaces the stored label, the rest stays. Tags are 1 to 64 "
+                           "characters of A-Z a-z 0-9 _ . : -, at most 32; `vlab results "
+                           "--tag T --name TEXT` finds the runs again.")
+    label.add_argument("id", help="the benchmark's id (see `vlab results`)")
+    _label_options(label, "the run's tags become these")
+    label.add_argument("--clear-tags", action="store_true", help="remove every tag")
+    label.add_argument("--json", action="store_true",
+                       help="print the benchmark's description as JSON")
+    label.set_defaults(func=cmd_label)
 
     token = sub.add_parser("token", help="create, list or revoke API tokens",
                            description="Create a long-lived API token (the default), list "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,24 @@ def error_message(response: httpx.Response) -> str:
     except ValueError:
         pass
     return response.text.strip() or response.reason_phrase
+
+
+def tag_list(tags: Iterable[str] | str) -> list[str]:
+    """Tags as a list; a lone string is one tag, not its characters."""
+    return [tags] if isinstance(tags, str) else [str(tag) for tag in tags]
+
+
+def label_fields(name: str | None, tags: Iterable[str], notes: str) -> dict[str, str]:
+    """The submission's form fields for the labels given (none for none: what the dAIEdge
+    client sends)."""
+    fields = {}
+    if name:
+        fields["name"] = name
+    if tags := tag_list(tags):
+        fields["tags"] = json.dumps(tags)
+    if notes:
+        fields["notes"] = notes
+    return fields
 
 
 class VlabClient:
@@ -70,6 +88,19 @@ class VlabClient:
         result: list[dict[str, Any]] = self.get_json("/api/targets/overview")["targets"]
         return result
 
+    def check_target(self, uid: str, rebaseline: bool = False) -> dict[str, Any]:
+        """Ask for a health check of instance `uid` (administrators and its owner); returns
+        the check (`id`, `benchmark_id`, `verdict` "pending", ...)."""
+        result: dict[str, Any] = self.request(
+            "POST", f"/api/targets/{uid}/check",
+            params={"rebaseline": "true"} if rebaseline else None).json()
+        return result
+
+    def target_health(self, uid: str, limit: int = 50) -> dict[str, Any]:
+        """Instance `uid`'s health, its evidence and its checks (newest first)."""
+        result: dict[str, Any] = self.get_json(f"/api/targets/{uid}/health", limit=limit)
+        return result
+
     def config(self) -> dict[str, Any]:
         result: dict[str, Any] = self.get_json("/api/benchmarks/config")
         return result
@@ -87,10 +118,13 @@ class VlabClient:
     def submit(self, model: Path | str, target: str, engine: str, *,
                runs: int = DEFAULT_NB_INFERENCE, benchmark_type: str = "TYPE1",
                dataset: Path | None = None, params: dict[str, Any] | None = None,
-               target_uids: list[str] | None = None, public: bool = False) -> str:
-        """Submit a benchmark of a model file or a stored model reference; returns its id."""
+               target_uids: list[str] | None = None, public: bool = False,
+               name: str | None = None, tags: Iterable[str] = (), notes: str = "") -> str:
+        """Submit a benchmark of a model file or a stored model reference; returns its id.
+        `name`, `tags` and `notes` label the run (sent only when given)."""
         data: dict[str, Any] = {"device": target, "engine": engine, "nb_inference": str(runs),
                                 "benchmark_type": benchmark_type, "public": str(public).lower()}
+        data.update(label_fields(name, tags, notes))
         if params:
             data["parameters"] = json.dumps(params)
         if target_uids:
@@ -108,8 +142,42 @@ class VlabClient:
                                     files={"model": (model_path.name, handle)})
         return str(response.json()["id"])
 
+    def submit_training(self, model: Path, target: str, engine: str, config: dict[str, Any],
+                        *, target_uids: list[str] | None = None) -> str:
+        """Submit on-device training (TYPE3): a model file and its ODT config, whose datasets
+        are uploaded already (their `<name>_<sha256>` refs); returns the run's id."""
+        if not model.is_file():
+            raise BadRequest(f"model file {model} not found")
+        data: dict[str, Any] = {"device": target, "engine": engine}
+        if target_uids:
+            data["target_uids"] = json.dumps(target_uids)
+        with model.open("rb") as handle:
+            response = self.request("POST", "/api/benchmarks/train", data=data, files={
+                "model": (model.name, handle), "config": ("config", json.dumps(config))})
+        return str(response.json()["id"])
+
+    def trained_model(self, bench_id: str) -> tuple[str, bytes] | None:
+        """The model a training produced: its file name and bytes; None if there is none."""
+        response = self.request("GET", f"/api/benchmarks/{bench_id}/trained-model")
+        if response.status_code != 200:
+            return None
+        disposition = response.headers.get("content-disposition", "")
+        name = disposition.split("filename=")[-1].strip('"') if "filename=" in disposition \
+            else "model.onnx"
+        return Path(name).name or "model.onnx", response.content
+
     def benchmark(self, bench_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.get_json(f"/api/benchmarks/{bench_id}")
+        return result
+
+    def label(self, bench_id: str, *, name: str | None = None,
+              tags: Iterable[str] | None = None, notes: str | None = None) -> dict[str, Any]:
+        """Change a run's labels (None: leave as is); returns its description."""
+        body: dict[str, Any] = {"name": name, "notes": notes,
+                                "tags": tag_list(tags) if tags is not None else None}
+        result: dict[str, Any] = self.request(
+            "PATCH", f"/api/benchmarks/{bench_id}/labels",
+            json={k: v for k, v in body.items() if v is not None}).json()
         return result
 
     def events(self, bench_id: str) -> Iterator[dict[str, Any]]:
@@ -166,3 +234,59 @@ class VlabClient:
         return table["columns"], table["data"]
 
 
+
+    # -- federated learning (TYPE4) --------------------------------------------------------
+    def submit_fl(self, model: Path, config: dict[str, Any]) -> str:
+        """Start a federated-learning experiment: a model file and its FL config, whose
+        datasets are uploaded already; returns the experiment's id."""
+        if not model.is_file():
+            raise BadRequest(f"model file {model} not found")
+        with model.open("rb") as handle:
+            response = self.request("POST", "/api/benchmarks/fl/run", files={
+                "model": (model.name, handle),
+                "fl_config": ("fl_experiment_config.json", json.dumps(config))})
+        return str(response.json()["id"])
+
+    def fl_status(self, experiment_id: str) -> dict[str, Any]:
+        """The experiment's status, rounds done and last global accuracy and loss."""
+        result: dict[str, Any] = self.get_json(f"/api/benchmarks/fl/{experiment_id}/status")
+        return result
+
+    def fl_results(self, experiment_id: str) -> dict[str, Any]:
+        """The experiment's results: `rounds_results`, `initial`, `stop` and its status."""
+        result: dict[str, Any] = self.get_json(f"/api/benchmarks/fl/{experiment_id}/results")
+        return result
+
+    def fl_definition(self, experiment_id: str) -> dict[str, Any]:
+        """The experiment's config as submitted."""
+        result: dict[str, Any] = self.get_json(
+            f"/api/benchmarks/fl/{experiment_id}/definition")
+        return result
+
+    def fl_history(self, page_length: int = 100) -> list[dict[str, Any]]:
+        """The caller's experiments, newest first (every page)."""
+        rows: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            body = self.get_json("/api/benchmarks/fl", page=page, page_length=page_length)
+            rows.extend(body["results"])
+            if not body["results"] or len(rows) >= int(body["count"]):
+                return rows
+            page += 1
+
+    def fl_model(self, experiment_id: str) -> tuple[str, bytes]:
+        """The final global model: the server's file name and the bytes."""
+        response = self.request("GET", f"/api/benchmarks/fl/{experiment_id}/model")
+        disposition = response.headers.get("content-disposition", "")
+        name = disposition.split("filename=")[-1].strip('"') if "filename=" in disposition \
+            else f"model_fl_{experiment_id}.onnx"
+        return Path(name).name or f"model_fl_{experiment_id}.onnx", response.content
+
+    def fl_cancel(self, experiment_id: str) -> str:
+        """Cancel an experiment; its status after the request."""
+        return str(self.request("POST",
+                                f"/api/benchmarks/fl/{experiment_id}/cancel").json()["status"])
+
+    def fl_events(self, experiment_id: str) -> Iterator[dict[str, Any]]:
+        """Server-sent events of one experiment (state, rounds, phases) until it ends."""
+        yield from self.stream(f"/api/benchmarks/fl/{experiment_id}/events")

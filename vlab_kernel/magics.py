@@ -1,6 +1,6 @@
 """IPython magics: `%load_ext vlab_kernel`, then `%vlab targets`, `%vlab engines`,
 `%vlab bench MODEL --target T --engine E [--runs N] [--type TYPE] [--dataset F] [--param k=v]`,
-`%vlab results [--target T] [--engine E] [--model M] [--status S]`."""
+`%vlab results [--target T] [--engine E] [--model M] [--status S] [--tag T]... [--name N]`."""
 
 from __future__ import annotations
 
@@ -38,9 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--type")
     bench.add_argument("--dataset")
     bench.add_argument("--param", action="append", default=[])
+    bench.add_argument("--name")
+    bench.add_argument("--tag", action="append", default=[])
     results = sub.add_parser("results")
-    for option in ("--target", "--engine", "--model", "--status"):
+    for option in ("--target", "--engine", "--model", "--status", "--name"):
         results.add_argument(option)
+    results.add_argument("--tag", action="append", default=[])
     return parser
 
 
@@ -78,10 +81,12 @@ class VlabMagics(Magics):
                 return self.lab.engines()
             if args.command == "results":
                 return self.lab.results(target=args.target, engine=args.engine,
-                                        model=args.model, status=args.status)
+                                        model=args.model, status=args.status,
+                                        tags=args.tag, name=args.name)
             return self.lab.benchmark(args.model, args.target, args.engine, runs=args.runs,
                                       type=args.type, dataset=args.dataset,
-                                      params=_params(args.param), wait=True)
+                                      params=_params(args.param), name=args.name,
+                                      tags=args.tag, wait=True)
         except (MagicUsageError, VlabError) as exc:
             print(f"vlab: error: {exc}")
             return None

@@ -14,6 +14,8 @@ from tqdm import tqdm
 
 from vlab_kernel.client import TERMINAL
 
+# The phases with a count, and what they count (training jobs count epochs).
+COUNTED_PHASES = {"inference": "inference", "train": "epoch", "done": "inference"}
 # Before the timed phase there is no count to show, only the phase and the time it takes.
 PHASE_FORMAT = "{desc} [{elapsed}]"
 COUNT_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
@@ -50,7 +52,8 @@ class ProgressPrinter:
         progress = event.get("progress") or {}
         phase = progress.get("phase") or status
         total, done = progress.get("total") or 0, progress.get("done") or 0
-        if total and phase in ("inference", "done"):
+        if total and phase in COUNTED_PHASES:
+            bar.unit = COUNTED_PHASES[phase] if phase != "done" else bar.unit
             if bar.total != total:
                 # The count restarts with the timed phase; the first count seen is the
                 # baseline, so the rate (and the ETA) come from what follows it.

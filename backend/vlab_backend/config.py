@@ -9,10 +9,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vlab_backend.nomad.jobs import DEFAULT_MEMORY_MB, DEFAULT_PLACEMENT_DEADLINE_S, MIN_MEMORY_MB
 from vlab_kernel.defaults import (
     CREDENTIAL_FILE,
     DEFAULT_HOST,
@@ -50,16 +52,51 @@ class Settings(BaseSettings):
     nomad_addr: str = Field(default="http://127.0.0.1:4646", validation_alias="NOMAD_ADDR")
     nomad_token: str = Field(default="", validation_alias="NOMAD_TOKEN")
     nomad_namespace: str = Field(default="default", validation_alias="NOMAD_NAMESPACE")
+    # How long a benchmark's Nomad job may go without a running allocation (not placed yet,
+    # or on a host that stopped answering) before the benchmark fails with Nomad's reason.
+    nomad_placement_deadline_s: float = Field(default=DEFAULT_PLACEMENT_DEADLINE_S, gt=0,
+                                              le=MAX_STEP_S)
+    # How often the Nomad runner reads the node list, so that down, drained or ineligible
+    # hosts' targets stop being scheduled (and come back when their node is ready again).
+    nomad_node_poll_s: float = Field(default=15.0, gt=0, le=3600)
+    # Memory a benchmark job reserves on its host unless its instance sets `memory.job`.
+    nomad_job_memory_mb: int = Field(default=DEFAULT_MEMORY_MB, ge=MIN_MEMORY_MB, le=2**20)
     # The API address pipelines on other hosts use (Nomad runner).
     public_url: str = ""
     # An engine process per instance that forks harness runs: small jobs cost ~0.1 s instead of
     # ~0.5 s of platform overhead. `VLAB_WARM_WORKERS=0` (`--no-warm-workers`) starts cold.
     warm_workers: bool = True
+    # The built-in simulated microcontroller boards (targets/mcu: a Cortex-M4-class and a
+    # Cortex-M7-class budget, TFLite Micro) beside this machine's cores, when no target file
+    # is given. `VLAB_SIMULATED_BOARDS=0` (`--no-simulated-boards`) leaves them out.
+    simulated_boards: bool = True
     access_token_minutes: int = Field(default=60, ge=1, le=24 * 60)
     refresh_token_days: int = Field(default=7, ge=1, le=365)
+    # Several API replicas on one PostgreSQL database (see `shared_store`): this server's name
+    # among them (default: host name, process id and a random suffix; a fixed one lets a
+    # restarted replica take its own jobs back at once) and how long its claim on the jobs it
+    # follows holds without renewal before another replica takes them over.
+    replica_id: str = Field(default="", max_length=200)
+    replica_lease_s: float = Field(default=30.0, ge=3, le=3600)
     # Proxies whose X-Forwarded-For/-Proto are believed (addresses or networks, comma-separated,
     # or "*"): none by default, so a client cannot pose as another address.
     forwarded_allow_ips: str = ""
+    # Health checks per instance (vlab_backend.health): a reference benchmark when an instance
+    # joins (first seen at start-up or registration), every `health_check_interval_h` hours
+    # (0 = never on a schedule) and on demand; a check slower than the baseline beyond noise
+    # and by more than `health_min_effect` (0.10 = 10 %) marks the instance degraded.
+    health_check_on_join: bool = True
+    health_check_interval_h: float = Field(default=24.0, ge=0, le=24 * 365)
+    health_check_runs: int = Field(default=200, ge=10, le=100_000)
+    health_check_min_time_s: float = Field(default=0.0, ge=0, le=600)
+    health_min_effect: float = Field(default=0.10, gt=0, le=10)
+    # Target type -> the path of its reference model (.onnx or .tflite), for types whose
+    # engines run neither the built-in ONNX nor the built-in int8 TFLite model: JSON, e.g.
+    # VLAB_HEALTH_REFERENCE_MODELS='{"rpi5": "/srv/ref/mobilenet.tflite"}'.
+    health_reference_models: dict[str, Path] = Field(default_factory=dict)
+    # What a degraded instance means to the scheduler: "warn" runs user jobs on it and notes it
+    # in their metrics and message; "exclude" runs no user job on it (health checks still run).
+    degraded_policy: Literal["warn", "exclude"] = "warn"
 
     @field_validator("forwarded_allow_ips")
     @classmethod
@@ -127,12 +164,22 @@ class Settings(BaseSettings):
     def secret_file(self) -> Path:
         return self.data_dir / "jwt.secret"
 
+    @property
+    def shared_store(self) -> bool:
+        """Whether the database is a server that several API replicas may share (PostgreSQL),
+        rather than the embedded SQLite file that one server owns."""
+        return not self.db_url.startswith("sqlite")
+
     def lock_data_dir(self) -> int:
-        """Hold an exclusive lock on the data dir for this process's lifetime (returns the fd):
-        two schedulers on one store would run the same queue twice."""
+        """Hold an exclusive lock on the data dir for this process's lifetime (returns the fd;
+        -1 without a lock): two schedulers on one SQLite store would run the same queue twice.
+        On a shared store (PostgreSQL) replicas claim work with row locks instead, and share the
+        data dir (models, datasets, jobs, artifacts) on shared storage: no lock."""
         import fcntl
 
         self.ensure_dirs()
+        if self.shared_store:
+            return -1
         fd = os.open(self.data_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

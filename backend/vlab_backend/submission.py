@@ -56,6 +56,61 @@ class RunRequest:
     model_ref: str | None = None
     public: bool = False
     odt: bool = False  # a training submission, which carries an ODT config
+    name: str = ""
+    tags: list[str] = field(default_factory=list)
+    notes: str = ""
+
+
+# Labels of a run (its owner's name, tags and notes): the bounds the API enforces.
+MAX_NAME_CHARS = 200
+MAX_NOTES_CHARS = 4000
+MAX_TAGS = 32
+MAX_TAG_CHARS = 64
+TAG_PATTERN = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_TAG_CHARS}}}")
+TAG_RULE = f"1 to {MAX_TAG_CHARS} characters of A-Z a-z 0-9 _ . : -"
+# Control characters (PostgreSQL stores no NUL at all); notes may hold tabs and new lines.
+_CONTROL = {"name": re.compile(r"[\x00-\x1f\x7f]"),
+            "notes": re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")}
+
+
+@dataclass
+class Labels:
+    """Validated labels; None: leave that label as it is."""
+
+    name: str | None = None
+    tags: list[str] | None = None
+    notes: str | None = None
+
+
+def check_tag(tag: Any, what: str = "tags") -> str:
+    if not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag):
+        raise SubmissionError(f"{what}: {tag!r} is not a tag ({TAG_RULE})")
+    return tag
+
+
+def check_labels(name: Any = None, tags: Any = None, notes: Any = None) -> Labels:
+    """The labels as given, or a SubmissionError naming the first bad field. Tags keep
+    their order; repeats are dropped."""
+    for field_name, value, limit in (("name", name, MAX_NAME_CHARS),
+                                     ("notes", notes, MAX_NOTES_CHARS)):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise SubmissionError(f"{field_name} must be a string")
+        if len(value) > limit:
+            raise SubmissionError(f"{field_name} must be at most {limit} characters "
+                                  f"(got {len(value)})")
+        if _CONTROL[field_name].search(value):
+            raise SubmissionError(f"{field_name} must not contain control characters"
+                                  + (" (other than tabs and new lines)"
+                                     if field_name == "notes" else ""))
+    if tags is not None:
+        if not isinstance(tags, list):
+            raise SubmissionError("tags must be a list of strings")
+        if len(tags) > MAX_TAGS:
+            raise SubmissionError(f"tags: at most {MAX_TAGS} tags (got {len(tags)})")
+        tags = list(dict.fromkeys(check_tag(tag) for tag in tags))
+    return Labels(name=name.strip() if name is not None else None, tags=tags, notes=notes)
 
 
 def model_ref(model: StoredModel) -> str:
@@ -201,7 +256,7 @@ def create_benchmark(session: Session, user: User, request: RunRequest,
         nb_inference=request.nb_inference, requested_uids=request.target_uids,
         parameters=request.parameters, model_id=model.id, model_filename=model.filename,
         model_sha256=model.sha256, dataset_name=request.dataset_name, status=Status.PENDING,
-        public=request.public)
+        public=request.public, name=request.name, tags=request.tags, notes=request.notes)
     session.add(bench)
     session.flush()
     return bench

@@ -10,6 +10,11 @@ which may also be given per engine):
 
 An engine of the registry also gets its model formats in its offer's `env`
 (`VLAB_ENGINE_FORMATS`, unless the file sets it), which targets/host-cpu's support step reads.
+
+A third local extension describes microcontroller-class boards: `"mcu_profile": "cortex-m4"`
+(a profile of `vlab_backend.mcu.profiles`) fills the instance's `memory` (`storage` = flash,
+`ram` = SRAM, unless the file gives them) and adds the board's `VLAB_MCU_*` variables to its
+engines' `env` (`targets/mcu/targets.json` declares one instance per profile).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 from vlab_backend.engines import engine_specs, engine_version
 from vlab_backend.engines.base import EngineSpec, parse_user_json
+from vlab_kernel.shipped import shipped_folder
 
 log = logging.getLogger("vlab.targets")
 
@@ -61,10 +67,12 @@ class InstanceConfig:
 
 
 def builtin_targets_dir() -> Path:
+    """The built-in target repositories: $VLAB_TARGETS_DIR, else the checkout's `targets/`,
+    else the copy a wheel installs (`<prefix>/share/vlab/targets`)."""
     explicit = os.environ.get("VLAB_TARGETS_DIR")
     if explicit:
         return Path(explicit)
-    return Path(__file__).resolve().parents[2] / "targets"
+    return shipped_folder("targets")
 
 
 # The model formats (file extensions, lower case, space-separated) of the job's engine: the
@@ -90,6 +98,7 @@ def host_cpu_engines(repository: str) -> dict[str, EngineOffer]:
             log.warning("engine %s is not offered on %s: %s", name, DEFAULT_TYPE, missing)
             continue
         offers[name] = EngineOffer(name=name, version=engine_version(name),
+                                   supported_types=list(spec.host_cpu_types),
                                    repository=repository, env=engine_formats_env(spec))
     return offers
 
@@ -104,6 +113,13 @@ def local_cpu_targets() -> list[InstanceConfig]:
                                     for name, offer in engines.items()},
                            cpuset=[core])
             for core in sorted(os.sched_getaffinity(0))]
+
+
+def simulated_mcu_targets() -> list[InstanceConfig]:
+    """The simulated microcontroller boards of the built-in `targets/mcu` repository (one
+    instance per board profile: `mcu-cortex-m4-0`, `mcu-cortex-m7-0`), as its
+    `targets.json` declares them."""
+    return load_target_config(builtin_targets_dir() / "mcu" / "targets.json")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -146,6 +162,9 @@ def parse_target_config(data: Any, base_dir: Path | None = None) -> list[Instanc
                                               entry, base_dir, known_engines)
             memory = entry.get("memory", {})
             _require(isinstance(memory, dict), f"{at} ({uid}): 'memory' must be an object")
+            if "mcu_profile" in entry:
+                memory = _apply_mcu_profile(f"{at} ({uid})", entry["mcu_profile"], memory,
+                                            engines)
             for key, size in memory.items():
                 _require(_is_int(size, 0, MAX_MEMORY_BYTES),
                          f"{at} ({uid}): memory {key!r} must be a number of bytes from 0 to "
@@ -154,6 +173,24 @@ def parse_target_config(data: Any, base_dir: Path | None = None) -> list[Instanc
                                             cpuset=cpuset, memory=memory,
                                             host=str(entry.get("host", "localhost"))))
     return instances
+
+
+def _apply_mcu_profile(at: str, name: Any, memory: dict[str, Any],
+                       engines: dict[str, EngineOffer]) -> dict[str, Any]:
+    """The instance's memory with the board profile's budgets under the file's own, and the
+    profile's variables in each engine's env (under the file's own)."""
+    from vlab_backend.mcu.profiles import PROFILES
+
+    profile = PROFILES.get(name) if isinstance(name, str) else None
+    _require(profile is not None,
+             f"{at}: 'mcu_profile' must be one of {', '.join(PROFILES)}")
+    assert profile is not None
+    memory = profile.memory() | memory
+    budgets = profile.env() | {"VLAB_MCU_FLASH_BYTES": str(memory["storage"]),
+                               "VLAB_MCU_SRAM_BYTES": str(memory["ram"])}
+    for offer in engines.values():
+        offer.env = budgets | offer.env
+    return memory
 
 
 def _parse_engine(at: str, name: str, offer: Any, entry: dict[str, Any], base_dir: Path | None,

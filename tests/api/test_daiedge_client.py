@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -70,7 +71,9 @@ def test_type2_with_a_dataset(vlab: dAIEdgeVLabAPI, tmp_path: Path) -> None:
     expected = np.concatenate([session.run(None, {"a": s[0], "b": s[1]})[0] for s in samples])
     np.testing.assert_allclose(np.frombuffer(result["raw_output"], dtype=np.float32),
                                expected.ravel(), rtol=1e-6)
-    ref = next(d for d in vlab.getDatasets() if d.startswith("samples.bin_"))
+    # Named by its content: other tests' files of the same name are other datasets.
+    ref = f"samples.bin_{hashlib.sha256(dataset.read_bytes()).hexdigest()}"
+    assert ref in vlab.getDatasets()
     # The client finds the dataset already there and does not upload it again.
     assert vlab.uploadDataset(str(dataset)) == ref
     assert vlab.deleteDataset(ref) is True

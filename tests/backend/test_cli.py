@@ -3,6 +3,9 @@ point: `serve` builds its settings once from the environment and its flags; `use
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +150,49 @@ def test_a_second_server_on_the_same_data_dir_is_refused(server: LiveServer) -> 
     assert one_error_line(done.stderr) == (
         f"vlab: error: a VLab server is already running for this data dir at {server.url}; "
         "use it, or stop it first")
+
+
+def _server_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every server command and sub-command's parser, by its command line."""
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser, prefix: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    if prefix or name in SERVER_COMMANDS:
+                        found[f"{prefix} {name}".strip()] = child
+                        walk(child, f"{prefix} {name}".strip())
+
+    walk(build_parser(), "")
+    return found
+
+
+def test_every_server_command_explains_itself_and_its_defaults() -> None:
+    """`vlab serve|user add|host init|vpn sync --help`: a description, help for every
+    option, and the default of every option that has one."""
+    parsers = _server_parsers()
+    assert {"serve", "user", "user add", "host", "host init", "vpn", "vpn sync"} <= set(parsers)
+    for command, parser in parsers.items():
+        text = parser.format_help()
+        description = " ".join(text.split("\n\n")[1].split())
+        assert len(description) > 60 and not description.startswith(
+            ("positional", "options")), f"vlab {command} --help has no description:\n{text}"
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            assert action.help, f"vlab {command}: {action.dest} has no help"
+            if action.option_strings and not action.required:
+                assert "default:" in (action.help or "") or action.default not in (
+                    None, False), f"vlab {command}: {action.dest} does not say its default"
+        # The formatter shows the defaults that options have of their own.
+        if command == "serve":
+            assert "(default: info)" in text and "(default: $VLAB_PORT, else 8765)" in text
+        if command == "vpn sync":
+            assert "(default: wg-vlab)" in text and "(default: .)" in text
+
+
+def test_server_help_runs_as_a_user_runs_it() -> None:
+    done = subprocess.run([sys.executable, "-m", "vlab_kernel.cli", "host", "init", "--help"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert "WireGuard key pair" in done.stdout and "(default: this machine's)" in done.stdout

@@ -66,9 +66,77 @@ def test_migrations_create_the_schema_and_are_idempotent(db: Database) -> None:
     assert {"users", "api_tokens", "models", "datasets", "target_instances", "benchmarks",
             "hardware_types", "engine_families", "engine_parameters", "engine_parameter_links",
             "job_credentials", "hosts", "alembic_version"} <= tables
+    from alembic.script import ScriptDirectory
+
+    from vlab_backend.store.database import MIGRATIONS
+
+    scripts = ScriptDirectory(str(MIGRATIONS))
+    assert "0004" in {script.revision for script in scripts.walk_revisions()}
     with db.engine.connect() as connection:
         assert connection.execute(sa.text("select version_num from alembic_version")
-                                  ).scalar() == "0003"
+                                  ).scalar() == scripts.get_current_head()
+
+
+def test_the_migrations_build_the_tables_the_code_declares(db: Database) -> None:
+    """Every column of `schema` has its migration (and no migration leaves a column the code
+    does not know)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from vlab_backend.store.schema import Base
+
+    db.migrate()
+    with db.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+def _alembic(db: Database, action: str, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from vlab_backend.store.database import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        getattr(command, action)(config, revision)
+
+
+def test_runs_stored_before_labels_get_empty_ones(db: Database) -> None:
+    """0004 on a store with runs: they keep everything and get an empty name, tags and notes;
+    it goes back down too. (Plain SQL: the tables as of 0004, whatever later revisions add.)"""
+    _alembic(db, "upgrade", "0003")
+    with db.engine.begin() as connection:
+        connection.execute(sa.text(
+            "insert into users (email, is_admin, created_at) values ('a@b.c', false, "
+            ":now)"), {"now": "2026-01-01 00:00:00"})
+        connection.execute(sa.text(
+            "insert into models (owner_id, sha256, filename, format, size, info, public, "
+            "created_at) values (1, :sha, 'm.onnx', 'onnx', 3, '{}', false, :now)"),
+            {"sha": "a" * 64, "now": "2026-01-01 00:00:00"})
+        connection.execute(sa.text(
+            "insert into benchmarks (id, owner_id, target_type, engine, benchmark_type, "
+            "nb_inference, requested_uids, parameters, model_id, model_filename, model_sha256, "
+            "odt_config, status, message, progress_done, progress_total, progress_phase, "
+            "artifacts, metrics, public, created_at) values ('old', 1, 'host-cpu', "
+            "'onnxruntime', 'TYPE1', 5, '[]', '{}', 1, 'm.onnx', :sha, '{}', 'success', '', "
+            "0, 0, '', '[]', '{\"latency_mean_s\": 0.5}', false, :now)"),
+            {"sha": "a" * 64, "now": "2026-01-01 00:00:00"})
+    _alembic(db, "upgrade", "0004")
+    labels = sa.table("benchmarks", sa.column("id"), sa.column("name"),
+                      sa.column("tags", sa.JSON), sa.column("notes"), sa.column("metrics", sa.JSON))
+    with db.engine.begin() as connection:
+        old = connection.execute(sa.select(labels).where(labels.c.id == "old")).one()
+        assert (old.name, old.tags, old.notes) == ("", [], "")
+        assert old.metrics == {"latency_mean_s": 0.5}
+        connection.execute(labels.update().where(labels.c.id == "old").values(
+            name="baseline", tags=["fp32", "v1.2"], notes="first try"))
+        again = connection.execute(sa.select(labels).where(labels.c.id == "old")).one()
+        assert again.tags == ["fp32", "v1.2"] and again.name == "baseline"
+    _alembic(db, "downgrade", "0003")
+    columns = {c["name"] for c in sa.inspect(db.engine).get_columns("benchmarks")}
+    assert "tags" not in columns and "model_sha256" in columns
 
 
 def test_constraints_json_and_fifo_order(db: Database) -> None:
@@ -236,3 +304,49 @@ def test_a_part_over_its_limit_is_refused_as_it_streams_in() -> None:
     assert json.loads(answer[1]["body"])["error"] == \
         "the model exceeds the upload limit of 1 MiB"
     assert sent <= (1 << 20) + 2 * chunk  # the part's limit and a chunk, not 8 MiB
+
+
+def test_label_filters_and_result_rows(db: Database) -> None:
+    """The tag and name filters and the results table, in each database's SQL: a tag matches
+    a whole element of the stored JSON list in any case, LIKE wildcards are literal, and tags
+    come back as lists."""
+    import orjson
+
+    from vlab_backend.api.results import encode, table_query
+    from vlab_backend.api.routes.benchmarks import Filters, _filtered
+
+    db.migrate()
+    labelled = {"b0": ("Baseline fp32", ["fp32", "v1.2:rc_1"]), "b1": ("int8_try", ["INT8"]),
+                "b2": ("", [])}
+    with db.session() as session:
+        user = create_user(session, "labels@example.org", "a long password", is_admin=False)
+        model = StoredModel(owner_id=user.id, sha256="b" * 64, filename="m.onnx",
+                            format="onnx", size=3, info={})
+        session.add(model)
+        session.flush()
+        for bench_id, (name, tags) in labelled.items():
+            session.add(Benchmark(id=bench_id, owner_id=user.id, target_type="host-cpu",
+                                  engine="onnxruntime", benchmark_type="TYPE1", nb_inference=3,
+                                  model_id=model.id, model_filename="m.onnx",
+                                  model_sha256=model.sha256, name=name, tags=tags,
+                                  metrics={"latency_mean_s": 0.01}))
+
+    def ids(**filters: Any) -> list[str]:
+        with db.session() as session:
+            query = _filtered(Filters(**filters)).order_by(Benchmark.seq)
+            return [b.id for b in session.scalars(query)]
+
+    assert ids(tag=["FP32"]) == ["b0"]
+    assert ids(tag=["int8"]) == ["b1"]
+    assert ids(tag=["fp32", "v1.2:rc_1"]) == ["b0"]
+    assert ids(tag=["fp32", "int8"]) == []
+    assert ids(tag=["fp3"]) == [] and ids(tag=["v1_2:rc_1"]) == []
+    assert ids(name="BASELINE") == ["b0"]
+    assert ids(name="_") == ["b1"] and ids(name="%") == []
+    with db.session() as session:
+        rows = list(session.execute(table_query(_filtered(Filters()).order_by(Benchmark.seq))))
+    records = orjson.loads(encode(rows, "records"))
+    assert [(r["name"], r["tags"]) for r in records] == list(labelled.values())
+    table = orjson.loads(encode(rows, "columns"))
+    tags = table["columns"].index("tags")
+    assert [row[tags] for row in table["data"]] == [tags for _, tags in labelled.values()]

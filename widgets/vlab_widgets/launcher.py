@@ -15,11 +15,29 @@ import plotly.graph_objects as go
 from vlab_kernel.defaults import DEFAULT_MAX_NB_INFERENCE, DEFAULT_NB_INFERENCE
 from vlab_kernel.errors import BadRequest
 from vlab_kernel.lab import Benchmark, Lab, connect
-from vlab_widgets.common import MIB, MS, Message, in_background, sig3, stability_text
+from vlab_kernel.zoo import ShippedModel, shipped_models
+from vlab_widgets.common import (
+    MIB,
+    MS,
+    Message,
+    in_background,
+    side_by_side_html,
+    sig3,
+    stability_text,
+)
 from vlab_widgets.plots import latency_trace
 
-NO_MODELS = ("No models yet: upload an .onnx or .tflite file above, or type the path of one "
-             "on the server and press Add. Launch works once a model is chosen.")
+NO_MODELS = ("No models yet: upload an .onnx or .tflite file above, type the path of one on "
+             "the server and press Add, or pick a network an installed package ships from the "
+             "Model list. Launch works once a model is chosen.")
+SHIPPED = "shipped:"  # the model list's value for a network an installed package ships
+
+
+def shipped_summary_html(model: ShippedModel) -> str:
+    """Where a shipped network comes from; it is uploaded when a run is launched."""
+    return (f'<div class="vlab-model-summary"><b>{html.escape(model.path.name)}</b> '
+            f"({model.format}, {sig3(model.size / MIB)} MiB), shipped with "
+            f"{html.escape(model.source)}: uploaded with the run on Launch</div>")
 
 
 def model_summary_html(model: dict[str, Any]) -> str:
@@ -48,7 +66,9 @@ def stability_html(report: dict[str, Any]) -> str:
     return f'<div class="vlab-stable">{html.escape(text)}</div>'
 
 
-def result_summary_html(bench: Benchmark) -> str:
+def result_summary_html(bench: Benchmark, metrics: dict[str, Any] | None = None) -> str:
+    """The run's numbers (ms, MiB), its stability and, when it shared its host with other
+    jobs, a warning that its numbers may be inflated."""
     report = bench.report
     latency = report["inference_latency"]
     return (f'<div class="vlab-result"><b>{html.escape(bench.id)}</b>: '
@@ -56,7 +76,8 @@ def result_summary_html(bench: Benchmark) -> str:
             f"with {html.escape(report['inference_engine'])} — median "
             f"{sig3(latency['median'] * MS)} ms, mean {sig3(latency['mean'] * MS)} ms, p90 "
             f"{sig3(latency['p90'] * MS)} ms, p99 {sig3(latency['p99'] * MS)} ms, peak memory "
-            f"{sig3(report['peak_memory_bytes'] / MIB)} MiB{stability_html(report)}</div>")
+            f"{sig3(report['peak_memory_bytes'] / MIB)} MiB{stability_html(report)}"
+            f"{side_by_side_html(metrics)}</div>")
 
 
 def progress_text(done: int, total: int, elapsed_s: float) -> str:
@@ -69,9 +90,12 @@ def progress_text(done: int, total: int, elapsed_s: float) -> str:
 class Launcher(w.VBox):
     """Everything needed to launch one benchmark, fed by the live API."""
 
-    def __init__(self, lab: Lab | None = None) -> None:
+    def __init__(self, lab: Lab | None = None, shipped: bool = True) -> None:
         self.lab = lab or connect()
         self.models: dict[str, dict[str, Any]] = {}
+        # Networks installed packages ship, offered after the uploaded models.
+        self.shipped: dict[str, ShippedModel] = {
+            f"{SHIPPED}{m.path}": m for m in (shipped_models() if shipped else [])}
         self.config: dict[str, Any] = {}
         self.current: Benchmark | None = None
         self.task: Future[Any] | None = None
@@ -145,9 +169,29 @@ class Launcher(w.VBox):
     def _set_model_options(self) -> None:
         current = self.model.value
         self.model.options = [(f"{m['filename']} ({ref})", ref) for ref, m in
-                              self.models.items()]
-        if current in self.models:
+                              self.models.items()] + [(m.label, key) for key, m in
+                                                      self.shipped.items()]
+        if current in self.models or current in self.shipped:
             self.model.value = current
+        elif not self.models:
+            self.model.value = None  # a shipped network is picked, not imposed
+
+    def model_info(self, value: str | None) -> dict[str, Any] | None:
+        """The library entry of the chosen model, or a shipped network's format."""
+        if not value:
+            return None
+        if value in self.shipped:
+            return {"format": self.shipped[value].format}
+        return self.models.get(value)
+
+    def pick_shipped(self, name: str) -> str:
+        """Choose a shipped network by name ("light_squeezenet") or label; returns its value
+        in the model list."""
+        for key, model in self.shipped.items():
+            if name in (model.name, model.label):
+                self.model.value = key
+                return key
+        raise KeyError(f"no shipped model {name!r}")
 
     def engines_for(self, target: str | None, model: dict[str, Any] | None) -> list[str]:
         """Engines the target offers that run the model's format."""
@@ -163,16 +207,19 @@ class Launcher(w.VBox):
         return names
 
     def _update_engines(self) -> None:
-        model = self.models.get(self.model.value) if self.model.value else None
+        model = self.model_info(self.model.value)
         engines = self.engines_for(self.target.value, model)
         current = self.engine.value
         self.engine.options = engines
         self.engine.value = current if current in engines else (engines[0] if engines else None)
-        self.launch.disabled = not (engines and self.model.value)
+        running = self.task is not None and not self.task.done()
+        self.launch.disabled = running or not (engines and self.model.value)
 
     def _on_model(self, change: dict[str, Any]) -> None:
+        shipped = self.shipped.get(change["new"]) if change["new"] else None
         model = self.models.get(change["new"]) if change["new"] else None
-        self.model_summary.value = model_summary_html(model) if model else ""
+        self.model_summary.value = shipped_summary_html(shipped) if shipped else (
+            model_summary_html(model) if model else "")
         self._update_engines()
 
     # -- models ----------------------------------------------------------------------------
@@ -247,7 +294,9 @@ class Launcher(w.VBox):
 
     def _run(self, params: dict[str, Any], dataset: Path | None) -> None:
         try:
-            bench = self.lab.benchmark(self.model.value, self.target.value, self.engine.value,
+            chosen = self.model.value
+            model = self.shipped[chosen].path if chosen in self.shipped else chosen
+            bench = self.lab.benchmark(model, self.target.value, self.engine.value,
                                        runs=self.runs.value, type=self.benchmark_type.value,
                                        dataset=dataset, params=params)
             self.current = bench
@@ -264,7 +313,7 @@ class Launcher(w.VBox):
             self.progress.max, self.progress.value, self.progress.bar_style = \
                 total, total, "success"
             self.progress_label.value = progress_text(total, total, 0)
-            self.result.value = result_summary_html(bench)
+            self.result.value = result_summary_html(bench, final.get("metrics"))
             with self.plot.batch_update():
                 self.plot.data = ()
                 trace = latency_trace(bench.latencies).data[0]

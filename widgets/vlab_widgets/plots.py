@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import pandas as pd
 import plotly.graph_objects as go
 
-from vlab_widgets.common import MIB, MS
+from vlab_widgets.common import MIB, MS, sig3
 
 MARGIN = {"t": 40, "l": 50, "r": 10, "b": 40}
 
@@ -28,15 +28,25 @@ def successful(results: pd.DataFrame) -> pd.DataFrame:
 
 def group_runs(results: pd.DataFrame, column: str, scale: float) -> pd.DataFrame:
     """One row per configuration of the successful runs: `median`, `min`, `max` of `column`
-    times `scale`, and `runs` (how many runs the group holds), in label order."""
+    times `scale`, `runs` (how many runs the group holds) and `side_by_side` (how many of
+    them shared their host with other jobs), in label order."""
     ok = successful(results)
     if ok.empty or column not in ok:
-        return pd.DataFrame(columns=["median", "min", "max", "runs"])
+        return pd.DataFrame(columns=["median", "min", "max", "runs", "side_by_side"])
     values = pd.to_numeric(ok[column], errors="coerce") * scale
     labels = pd.Series([_label(r) for r in ok.to_dict("records")], index=ok.index,
                        name="configuration")
     grouped = values.groupby(labels).agg(["median", "min", "max", "count"])
-    return grouped.rename(columns={"count": "runs"})
+    shared = shared_runs(ok).astype(int).groupby(labels).sum()
+    return grouped.rename(columns={"count": "runs"}).assign(side_by_side=shared)
+
+
+def shared_runs(results: pd.DataFrame) -> pd.Series:
+    """True for each run that shared its host with other jobs (`concurrent_jobs_on_host`
+    counts the others); False where it ran alone or the count is unknown."""
+    if "concurrent_jobs_on_host" not in results:
+        return pd.Series(False, index=results.index)
+    return pd.to_numeric(results["concurrent_jobs_on_host"], errors="coerce").fillna(0) > 0
 
 
 def _group_bar(results: pd.DataFrame, column: str, scale: float, name: str,
@@ -48,10 +58,12 @@ def _group_bar(results: pd.DataFrame, column: str, scale: float, name: str,
         x=list(groups.index), y=groups["median"], name=name,
         error_y={"type": "data", "symmetric": False, "array": groups["max"] - groups["median"],
                  "arrayminus": groups["median"] - groups["min"]},
-        customdata=groups["runs"].astype(int), text=[f"n={n}" for n in groups["runs"]],
+        customdata=groups["runs"].astype(int),
+        text=[f"n={n}" + (f" · ⚠ {k} side by side" if k else "")
+              for n, k in zip(groups["runs"], groups["side_by_side"], strict=True)],
         textposition="inside",
         hovertemplate=(f"%{{x}}<br>{name}: %{{y:.3g}} {unit} (median of %{{customdata}} "
-                       "runs)<extra></extra>"))
+                       "runs; %{text})<extra></extra>"))
 
 
 def latency_distribution(samples: Mapping[str, pd.Series], widget: bool = False) -> go.Figure:
@@ -66,13 +78,41 @@ def latency_distribution(samples: Mapping[str, pd.Series], widget: bool = False)
 
 
 def latency_trace(series: pd.Series, title: str = "Latency per inference",
-                  widget: bool = False) -> go.Figure:
-    """Latency of each inference in run order: warm-up effects and drift show here."""
+                  widget: bool = False, median: bool = False) -> go.Figure:
+    """Latency of each inference in run order: warm-up effects and drift show here. `median`
+    adds the run's median as a dashed line (a second trace named "median …")."""
     figure = go.FigureWidget() if widget else go.Figure()
-    figure.add_trace(go.Scatter(x=series.index, y=series.to_numpy() * MS, mode="lines+markers",
+    values = series.to_numpy() * MS
+    figure.add_trace(go.Scatter(x=series.index, y=values, mode="lines+markers",
                                 marker={"size": 3}, name="latency"))
+    if median and len(values):
+        middle = float(pd.Series(values).median())
+        figure.add_trace(go.Scatter(
+            x=[series.index[0], series.index[-1]], y=[middle, middle], mode="lines",
+            line={"dash": "dash", "color": "#e65100"}, name=f"median {sig3(middle)} ms",
+            hovertemplate=f"median {sig3(middle)} ms<extra></extra>"))
     figure.update_layout(title=title, xaxis_title="inference", yaxis_title="latency (ms)",
                          yaxis_tickformat=".3~g", margin=MARGIN)
+    return figure
+
+
+def layer_bars(layers: pd.DataFrame, top: int = 15, widget: bool = False) -> go.Figure:
+    """The `top` slowest layers (mean time per inference, ms), slowest at the top."""
+    figure = go.FigureWidget() if widget else go.Figure()
+    if not layers.empty and "mean_s" in layers:
+        rows = layers.assign(mean_s=pd.to_numeric(layers["mean_s"], errors="coerce")) \
+            .nlargest(top, "mean_s").iloc[::-1]
+        labels = [f"{r['name']} ({r.get('type') or '?'})" for r in rows.to_dict("records")]
+        shares = pd.to_numeric(rows.get("share"), errors="coerce") \
+            if "share" in rows else pd.Series([float("nan")] * len(rows))
+        figure.add_trace(go.Bar(
+            x=rows["mean_s"] * MS, y=labels, orientation="h", name="layer time",
+            text=[f"{sig3(s * 100)} %" if s == s else "" for s in shares],
+            hovertemplate="%{y}: %{x:.3g} ms<extra></extra>"))
+    figure.update_layout(title=f"Slowest layers (top {top}, mean per inference)",
+                         xaxis_title="time (ms)", xaxis_tickformat=".3~g",
+                         margin={**MARGIN, "l": 220},
+                         height=max(300, 24 * min(top, len(layers)) + 100))
     return figure
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from vlab_backend import __version__, catalog
 from vlab_backend.api.routes import (
     benchmarks,
     datasets,
+    federated,
     hosts,
     jobs,
     models,
@@ -37,20 +39,36 @@ from vlab_backend.api.uploads import (
 from vlab_backend.auth import TokenService, ensure_local_admin, load_or_create_secret
 from vlab_backend.config import Settings
 from vlab_backend.events import EventHub
+from vlab_backend.hosts.registry import DETACHED, READY
 from vlab_backend.runners import create_runner
 from vlab_backend.scheduler import Scheduler
 from vlab_backend.store.database import Database
 from vlab_backend.store.schema import TargetInstance
-from vlab_backend.targets import InstanceConfig, load_target_config, local_cpu_targets
+from vlab_backend.targets import (
+    InstanceConfig,
+    load_target_config,
+    local_cpu_targets,
+    simulated_mcu_targets,
+)
 
 log = logging.getLogger("vlab.api")
 
 
 def sync_targets(db: Database, instances: list[InstanceConfig]) -> None:
-    """Make the instance table match the configuration; absent instances are disabled."""
+    """Make this server's own instances (`--targets`, or this machine's cores) match the
+    configuration; absent ones are disabled. Instances that registered hosts declare are
+    theirs (`vlab_backend.hosts.registry`): a restart leaves them as they are, and the
+    configuration cannot take one over."""
     with db.session() as session:
-        known = {row.uid: row for row in session.scalars(select(TargetInstance))}
+        rows = session.scalars(select(TargetInstance)).all()
+        hosted = {row.uid: row.host for row in rows if row.host_id is not None}
+        known = {row.uid: row for row in rows if row.host_id is None}
         for config in instances:
+            if config.uid in hosted:
+                log.warning("target %s: declared by host %s, which registered it; the "
+                            "entry of the target configuration is ignored", config.uid,
+                            hosted[config.uid])
+                continue
             row = known.pop(config.uid, None) or TargetInstance(uid=config.uid)
             row.target_type = config.target_type
             row.host = config.host
@@ -58,9 +76,26 @@ def sync_targets(db: Database, instances: list[InstanceConfig]) -> None:
             row.cpuset = config.cpuset
             row.memory = config.memory
             row.enabled = True
+            row.state = READY
             session.add(row)
         for row in known.values():
             row.enabled = False
+            if row.state == READY:
+                row.state = DETACHED
+
+
+def startup_instances(settings: Settings) -> list[InstanceConfig]:
+    """This server's own instances: the `--targets` file; else, with the local runner, this
+    machine's cores. On a cluster (`--runner nomad`) without a file there are none here: the
+    hosts register theirs (`vlab host init`), and the API container's own cores are no
+    target."""
+    if settings.targets_file:
+        return load_target_config(settings.targets_file)
+    if settings.runner == "nomad":
+        return []
+    if settings.simulated_boards:
+        return [*local_cpu_targets(), *simulated_mcu_targets()]
+    return local_cpu_targets()
 
 
 def _error_body(message: str) -> dict[str, str]:
@@ -86,14 +121,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         db.migrate()
+        # Replicas sharing a PostgreSQL database take turns for the start-up writes below (a
+        # start-up that fails ends the process, and its connection frees the lock).
+        startup = contextlib.ExitStack()
+        startup.enter_context(db.startup_lock())
         with db.session() as session:
             ensure_local_admin(session, settings.credential_file)
-        instances = (load_target_config(settings.targets_file) if settings.targets_file
-                     else local_cpu_targets())
+        instances = startup_instances(settings)
         sync_targets(db, instances)
         state.scheduler.runner.prewarm(instances)
         with db.session() as session:
             catalog.seed(session)
+        startup.close()
         hub.bind(asyncio.get_running_loop())
         await state.scheduler.start()
         log.info("VLab API ready: %d target instance(s), data in %s", len(instances),
@@ -114,8 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                     "dataset": settings.max_dataset_bytes})
     # Literal paths (datasets, train, fl, ...) before the /api/benchmarks/{id} patterns.
     for router in (status.router, users.router, datasets.router, training.router,
-                   benchmarks.router, models.router, targets.router, resources.router,
-                   jobs.router, hosts.router):
+                   federated.router, benchmarks.router, models.router, targets.router,
+                   resources.router, jobs.router, hosts.router):
         app.include_router(router)
 
     # Starlette's class: what FastAPI raises for a body it cannot parse is one too.

@@ -26,9 +26,12 @@ FIXED_COLUMNS = {
     "benchmark_type": Benchmark.benchmark_type, "model": Benchmark.model_filename,
     "model_sha256": Benchmark.model_sha256, "nb_inference_requested": Benchmark.nb_inference,
     "created_at": Benchmark.created_at, "finished_at": Benchmark.finished_at,
-    "message": Benchmark.message,
+    "message": Benchmark.message, "name": Benchmark.name, "tags": Benchmark.tags,
+    "notes": Benchmark.notes,
 }
 NAMES = list(FIXED_COLUMNS)
+# `tags` is a JSON column: read back as a list (never its text), so both layouts send a list.
+TAGS = NAMES.index("tags")
 
 
 def table_query(query: Select[Any]) -> Any:
@@ -41,20 +44,29 @@ def _metrics(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _identity(row: Row[Any], fixed: int) -> list[Any]:
+    """The fixed columns of a row; tags a list even where the store holds JSON null."""
+    values = list(row[:fixed])
+    if not isinstance(values[TAGS], list):
+        values[TAGS] = []
+    return values
+
+
 def encode(rows: list[Row[Any]], layout: Layout) -> bytes:
     """The JSON body for `rows` of `table_query`."""
     fixed = len(NAMES)
     metrics = [_metrics(row[fixed]) for row in rows]
+    identities = [_identity(row, fixed) for row in rows]
     if layout == "records":
         records = []
-        for row, values in zip(rows, metrics, strict=True):
-            record = dict(zip(NAMES, row[:fixed], strict=True))
+        for identity, values in zip(identities, metrics, strict=True):
+            record = dict(zip(NAMES, identity, strict=True))
             record.update(values)
             records.append(record)
         return orjson.dumps(records)
     keys: dict[str, None] = {}  # every metric that any row has, in first-seen order
     for values in metrics:
         keys.update(dict.fromkeys(values))
-    data = [[*row[:fixed], *map(values.get, keys)]
-            for row, values in zip(rows, metrics, strict=True)]
+    data = [[*identity, *map(values.get, keys)]
+            for identity, values in zip(identities, metrics, strict=True)]
     return orjson.dumps({"columns": [*NAMES, *keys], "data": data})

@@ -162,6 +162,21 @@ class BenchmarkView(BaseModel):
     created_at: str | None
     started_at: str | None
     finished_at: str | None
+    name: str = Field(default="", description="the owner's name for the run")
+    tags: list[str] = Field(default_factory=list, description="the owner's tags")
+    notes: str = Field(default="", description="the owner's notes")
+
+
+class LabelsBody(BaseModel):
+    """New labels of a run: the fields sent replace the stored ones, the others stay.
+    Tags: at most 32, each 1 to 64 characters of A-Z a-z 0-9 _ . : - (repeats dropped); a
+    name of at most 200 characters, notes of at most 4000."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    tags: list[str] | None = None
+    notes: str | None = None
 
 
 class BenchmarkStatus(BaseModel):
@@ -288,6 +303,9 @@ class ResultRow(BaseModel):
     created_at: str | None
     finished_at: str | None
     message: str = Field(description="why it failed, in the target's or engine's words first")
+    name: str = Field(description="the owner's name for the run")
+    tags: list[str] = Field(description="the owner's tags (a JSON list)")
+    notes: str = Field(description="the owner's notes")
     concurrent_jobs_on_host: int | None = Field(
         default=None, description="how many other jobs ran on its host while it ran (see "
         "BenchmarkView.metrics); absent where unknown")
@@ -308,9 +326,16 @@ class FLHistory(BaseModel):
 
 
 class FLExperiment(BaseModel):
-    """A federated-learning experiment's status, results or definition (none exist yet)."""
+    """A federated-learning experiment's status, results or definition (free-form JSON)."""
 
     model_config = ConfigDict(extra="allow")
+
+
+class FLCanceled(BaseModel):
+    """An experiment after a cancel: `canceled`, or the terminal state it had reached."""
+
+    id: str
+    status: Status
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -337,6 +362,10 @@ class StoredModelView(BaseModel):
     flops: int | None
     opset: int | None
     created_at: str
+    lineage: dict[str, Any] | None = Field(
+        default=None, description="for a converted model: its source model (`source`, "
+        "`source_filename`, `source_format`, `source_sha256`), the `conversion`, the `tool` "
+        "and its `options`")
 
 
 class ModelList(BaseModel):

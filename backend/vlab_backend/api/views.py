@@ -59,7 +59,8 @@ def benchmark_view(bench: Benchmark) -> BenchmarkView:
         dataset_name=bench.dataset_name, parameters=bench.parameters, public=bench.public,
         progress=_progress(bench), artifacts=bench.artifacts, metrics=bench.metrics,
         created_at=_iso(bench.created_at), started_at=_iso(bench.started_at),
-        finished_at=_iso(bench.finished_at))
+        finished_at=_iso(bench.finished_at),
+        name=bench.name or "", tags=list(bench.tags or []), notes=bench.notes or "")
 
 
 def benchmark_status(bench: Benchmark) -> BenchmarkStatus:
@@ -90,7 +91,8 @@ def model_view(model: StoredModel, user: User) -> StoredModelView:
         platform="user_models" if owned else "public",
         inputs=_tensors(info.get("inputs", [])), outputs=_tensors(info.get("outputs", [])),
         nb_parameters=info.get("nb_parameters"), flops=info.get("flops"),
-        opset=info.get("opset"), created_at=model.created_at.isoformat())
+        opset=info.get("opset"), created_at=model.created_at.isoformat(),
+        lineage=info.get("lineage"))
 
 
 def token_info(row: ApiToken) -> ApiTokenInfo:

@@ -32,7 +32,9 @@ def timestamped(filename: str) -> str:
 # logs or be read from /proc/<parent>/environ. PYTHONPATH: the harness runs in the server's
 # interpreter (VLAB_PYTHON) and must find the engines the server found.
 INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
-             "VIRTUAL_ENV", "PYTHONPATH", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+             "VIRTUAL_ENV", "PYTHONPATH", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+             # Where targets cache their own environments (a training venv, a converter).
+             "VLAB_CACHE_DIR", "XDG_CACHE_HOME")
 INHERITED_PREFIXES = ("LC_", "OMP_", "MKL_")
 
 

@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -89,6 +98,43 @@ class TargetInstance(Base):
     notes: Mapped[str] = mapped_column(String(2000), default="")
     serial_number: Mapped[str] = mapped_column(String(200), default="")
     registered_engines: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # The registered host whose target configuration declares it (None: `vlab serve
+    # --targets` or this machine's cores), and whether a runner may use it: "ready", the
+    # host's Nomad node state ("initializing", "down", "disconnected", "draining",
+    # "ineligible") or "detached" (no host declares it any more). `enabled` is True exactly
+    # when it is "ready" (see vlab_backend.hosts.registry).
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"),
+                                                nullable=True, index=True)
+    state: Mapped[str] = mapped_column(String(32), default="ready", server_default="ready")
+    # What its health checks found (vlab_backend.health): "unknown" (never checked),
+    # "healthy", "degraded" (its reference benchmark slowed down beyond noise and the minimum
+    # effect against its baseline) or "error" (the last check did not run); the evidence
+    # (baseline and current medians, ratio, p-value, verdict, check ids and times) in
+    # `health_detail`.
+    health: Mapped[str] = mapped_column(String(16), default="unknown",
+                                        server_default="unknown")
+    health_detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict,
+                                                          server_default="{}")
+
+
+class HealthCheck(Base):
+    """One health check of an instance: its reference benchmark (owned by the system's health
+    account), the latency samples and median it measured, and what it was found to be:
+    "pending" until the benchmark ends, then "baseline", "healthy", "degraded" or "failed".
+    The newest "baseline" row of an instance is what later checks are compared with."""
+
+    __tablename__ = "health_checks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_uid: Mapped[str] = mapped_column(String(200), index=True)
+    benchmark_id: Mapped[str] = mapped_column(String(32), index=True)
+    reason: Mapped[str] = mapped_column(String(32), default="on demand")
+    rebaseline: Mapped[bool] = mapped_column(Boolean, default=False)
+    verdict: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    median_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    samples: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class HardwareType(Base):
@@ -159,6 +205,16 @@ class Host(Base):
     minimal: Mapped[bool] = mapped_column(Boolean, default=False)
     targets: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # "services" (runs the service jobs, and may have targets) or "targets".
+    role: Mapped[str] = mapped_column(String(16), default="targets", server_default="targets")
+    # Its Nomad node's state, as the cluster watcher last reported it ("ready", "down", ...).
+    state: Mapped[str] = mapped_column(String(32), default="ready", server_default="ready")
+    # The dAIEdge target configuration it registered (keyed by target type).
+    target_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict,
+                                                          server_default="{}")
+    # SHA-256 of its host-scoped credential (reads the mesh, updates this host, nothing else).
+    credential_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Status(StrEnum):
@@ -207,6 +263,45 @@ class Benchmark(Base):
     artifacts: Mapped[list[Any]] = mapped_column(JSON, default=list)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     public: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The API replica that claimed it (queued or running: it starts, follows and finalises
+    # the job), until when that claim holds unless the replica renews it (another replica
+    # takes the job over after that), and a cancel asked of a replica that does not follow it.
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The owner's labels: a display name, tags to filter on, free-form notes.
+    name: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
+    notes: Mapped[str] = mapped_column(String(4000), default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class FLExperimentRow(Base):
+    """A federated-learning experiment (TYPE4): its config, per-round results and the current
+    global model (a stored model of its owner, `global_model_id`)."""
+
+    __tablename__ = "fl_experiments"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=Status.PENDING)
+    message: Mapped[str] = mapped_column(String(2000), default="")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # {"rounds": [...], "state": {...}, "stop": {...}}: what the results endpoint shows.
+    results: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_id: Mapped[int] = mapped_column(Integer)
+    model_filename: Mapped[str] = mapped_column(String(255))
+    global_model_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    global_model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    current_round: Mapped[int] = mapped_column(Integer, default=0)
+    # The API replica driving it, and until when its claim holds without renewal.
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

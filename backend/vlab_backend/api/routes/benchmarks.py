@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, Text, cast, func, select
 from sqlalchemy.orm import Session
 
 from vlab_backend.api import sse
@@ -35,6 +35,7 @@ from vlab_backend.api.schemas import (
     EngineTypes,
     ErrorAnswer,
     History,
+    LabelsBody,
     LayerTime,
     Limits,
     ParameterSpecView,
@@ -66,12 +67,19 @@ from vlab_backend.store.schema import (
     User,
 )
 from vlab_backend.submission import (
+    MAX_NAME_CHARS,
+    MAX_NOTES_CHARS,
+    MAX_TAGS,
     NAMELESS_MODEL_PART,
+    TAG_RULE,
+    Labels,
     RunRequest,
     SubmissionError,
     check_dataset_fits,
     check_format,
+    check_labels,
     check_request,
+    check_tag,
     create_benchmark,
     discard,
     intake_upload,
@@ -123,16 +131,26 @@ async def run_benchmark(
     benchmark_type: Annotated[str | None, Form()] = None,
     model_ref: Annotated[str | None, Form()] = None,
     public: Annotated[bool, Form()] = False,
+    name: Annotated[str | None, Form(description=(
+        f"a name for the run (at most {MAX_NAME_CHARS} characters)"))] = None,
+    tags: Annotated[str | None, Form(description=(
+        f"JSON list of at most {MAX_TAGS} tags, each {TAG_RULE}"))] = None,
+    notes: Annotated[str | None, Form(description=(
+        f"notes on the run (at most {MAX_NOTES_CHARS} characters)"))] = None,
     model: UploadFile | None = None,
 ) -> Submitted:
-    """Submit a benchmark of an uploaded `model` file or a stored `model_ref`."""
+    """Submit a benchmark of an uploaded `model` file or a stored `model_ref`; `name`,
+    `tags` and `notes` label it (optional: the dAIEdge client sends none)."""
     uids = parse_json_field(target_uids, "target_uids", list)
+    with submission_errors():
+        labels = check_labels(name, parse_json_field(tags, "tags", list), notes)
     request = RunRequest(
         target_type=device, engine=engine,
         benchmark_type=benchmark_type or ("TYPE2" if dataset_name else "TYPE1"),
         nb_inference=nb_inference, target_uids=[str(u) for u in uids],
         parameters=parse_json_field(parameters, "parameters", dict), dataset_name=dataset_name,
-        model_ref=model_ref, public=public)
+        model_ref=model_ref, public=public, name=labels.name or "", tags=labels.tags or [],
+        notes=labels.notes or "")
     if model is None and not model_ref:
         raise HTTPException(400, "send a model file (part 'model') or a model_ref")
     if model is not None and not model.filename:
@@ -260,15 +278,25 @@ Page = Annotated[int, Query(ge=1, le=1_000_000)]
 PageLength = Annotated[int, Query(ge=1, le=1000)]
 
 
+TagFilter = Annotated[list[str] | None, Query(
+    description="only runs with this tag (case-insensitive); repeat it: runs with every one")]
+NameFilter = Annotated[str | None, Query(
+    max_length=MAX_NAME_CHARS, description="only runs whose name contains this text "
+    "(case-insensitive)")]
+
+
 @dataclass
 class Filters:
-    """The history filters of the dAIEdge client (`status` one of the six statuses)."""
+    """The history filters of the dAIEdge client (`status` one of the six statuses), and
+    ours: the runs' tags (all must match) and a part of their name."""
 
     engine: str | None = None
     platform: str | None = None
     benchmark_type: str | None = None
     model: str | None = None
     status: str | None = None
+    tag: TagFilter = None
+    name: NameFilter = None
 
 
 @dataclass
@@ -289,6 +317,13 @@ def _filtered(filters: Filters) -> Select[Any]:
             query = query.where(column == value)
     if filters.model:
         query = query.where(Benchmark.model_filename.contains(filters.model))
+    for tag in filters.tag or ():
+        with submission_errors():
+            check_tag(tag, "tag")
+        # A tag is a quoted element of the stored JSON list; tags hold no quote or escape.
+        query = query.where(cast(Benchmark.tags, Text).icontains(f'"{tag}"', autoescape=True))
+    if filters.name:
+        query = query.where(Benchmark.name.icontains(filters.name, autoescape=True))
     return query
 
 
@@ -322,6 +357,7 @@ def public_history(session: SessionDep, user: UserDep,
 def result_rows(session: SessionDep, user: UserDep, target: str | None = None,
                 engine: str | None = None, model: str | None = None,
                 status: str | None = None, benchmark_type: str | None = None,
+                tag: TagFilter = None, name: NameFilter = None,
                 include_public: bool = False,
                 limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
                 format: Annotated[Layout, Query(
@@ -330,7 +366,7 @@ def result_rows(session: SessionDep, user: UserDep, target: str | None = None,
     """Flat rows (one per benchmark, metrics as columns) for DataFrames and tables, newest
     first. Encoded here rather than through a response model: tens of thousands of rows must
     take a fraction of a second."""
-    query = _filtered(Filters(engine, target, benchmark_type, model, status))
+    query = _filtered(Filters(engine, target, benchmark_type, model, status, tag, name))
     if include_public:
         query = visible(query, Benchmark.owner_id, Benchmark.public, user)
     else:
@@ -342,6 +378,35 @@ def result_rows(session: SessionDep, user: UserDep, target: str | None = None,
 @router.get("/api/benchmarks/{bench_id}")
 def get_benchmark(bench: VisibleBenchmark) -> BenchmarkView:
     return benchmark_view(bench)
+
+
+@router.patch("/api/benchmarks/{bench_id}/labels")
+def set_labels(bench_id: str, body: LabelsBody, state: StateDep, session: SessionDep,
+               user: UserDep) -> BenchmarkView:
+    """Rename, tag or annotate one of your runs: the fields sent replace the stored ones,
+    the others stay. Live views (the benchmark's and the targets' event streams) hear of it."""
+    bench = get_owned_benchmark(session, user, bench_id)
+    with submission_errors():
+        apply_labels(bench, check_labels(body.name, body.tags, body.notes))
+    session.commit()  # before the event: a view that refreshes on it reads the new labels
+    state.hub.publish(bench.id, labels_event(bench))
+    return benchmark_view(bench)
+
+
+def apply_labels(bench: Benchmark, labels: Labels) -> None:
+    if labels.name is not None:
+        bench.name = labels.name
+    if labels.tags is not None:
+        bench.tags = labels.tags
+    if labels.notes is not None:
+        bench.notes = labels.notes
+
+
+def labels_event(bench: Benchmark) -> dict[str, Any]:
+    """A status event (its status unchanged) with the new labels: what the live views
+    already refresh on, the target board's stream included."""
+    return {**benchmark_event(bench), "labels": {"name": bench.name, "tags": bench.tags,
+                                                 "notes": bench.notes}}
 
 
 @router.get("/api/benchmarks/{bench_id}/status")

@@ -1,0 +1,82 @@
+"""My queue: the user's pending, queued and running runs, live, with Cancel and Open."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from tests.server import LiveServer
+from vlab_kernel.client import VlabClient
+from vlab_kernel.connection import Connection
+from vlab_kernel.lab import Lab
+from vlab_widgets import QueueView, RunPage
+from vlab_widgets.queue import age_text, positions, progress_cell
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60) -> None:
+    """Wait until `condition()` holds (a state, not a duration)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the state never came"
+        time.sleep(0.05)
+
+
+def test_age_progress_and_position_are_worded() -> None:
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    assert age_text((now - timedelta(seconds=42)).isoformat(), now) == "42 s"
+    assert age_text((now - timedelta(minutes=3, seconds=30)).isoformat(), now) == "3.5 min"
+    assert age_text("2026-11-30T09:54:00", now) == "2.1 h"  # naive stamps are UTC
+    assert age_text(None, now) == "–"
+    assert progress_cell({"phase": "inference", "done": 12, "total": 40}, "running") == \
+        "inference 12/40"
+    assert progress_cell({"phase": "inference", "done": 0, "total": 0}, "pending") == "–"
+    runs = [{"id": "c", "status": "pending", "device": "host-cpu", "created_at": "3"},
+            {"id": "a", "status": "running", "device": "host-cpu", "target_uid": "host-cpu-0",
+             "created_at": "1"},
+            {"id": "b", "status": "pending", "device": "host-cpu", "created_at": "2"}]
+    assert positions(runs, {"host-cpu": 5}) == {
+        "a": "on host-cpu-0",
+        "b": "#1 of your 2 waiting · 5 waiting for host-cpu in all",
+        "c": "#2 of your 2 waiting · 5 waiting for host-cpu in all"}
+
+
+def test_the_queue_follows_runs_live_with_cancel_and_open(fresh_server: LiveServer,
+                                                         small_onnx: Path) -> None:
+    lab = Lab(VlabClient(Connection(fresh_server.url, fresh_server.token)))
+    queue = QueueView(lab)
+    try:
+        assert "Nothing queued" in queue.table.children[0].value
+        instances = len(lab.targets().query("target == 'host-cpu'"))
+        # One more long run than there are instances: the last one waits its turn.
+        benches = [lab.benchmark(small_onnx, "host-cpu", "synthetic", runs=5,
+                                 params={"min_time_s": 120}) for _ in range(instances + 1)]
+        ids = [bench.id for bench in benches]
+        wait_for(lambda: set(queue.ids) == set(ids) and sum(
+            r["status"] == "running" for r in queue.runs) == instances)
+        waiting = [r for r in queue.runs if r["status"] == "pending"]
+        assert len(waiting) == 1
+        assert queue._where[waiting[0]["id"]].startswith("#1 of your 1 waiting")
+        running = next(r["id"] for r in queue.runs if r["status"] == "running")
+        # Progress comes live from the run's own stream.
+        wait_for(lambda: "/" in queue._progress[running].value)
+        wait_for(lambda: set(queue.cancel_buttons) == set(queue.open_buttons) == set(ids))
+
+        wait_for(lambda: running in queue.open_buttons)
+        queue.open_buttons[running].click()
+        assert isinstance(queue.page, RunPage) and queue.page.bench_id == running
+        assert queue.page_box.children == (queue.page,)
+        wait_for(lambda: "vlab-status-running" in queue.page.status.value)
+
+        for bench_id in ids:
+            wait_for(lambda b=bench_id: b in queue.cancel_buttons)
+            queue.cancel_buttons[bench_id].click()
+            wait_for(lambda b=bench_id: b not in queue.ids)
+        assert all(bench.status == "canceled" for bench in benches)
+        wait_for(lambda: "Nothing queued" in queue.table.children[0].value)
+        page = queue.page
+        wait_for(lambda: "vlab-status-canceled" in page.status.value)
+    finally:
+        queue.close()
+    assert not queue._follower.running and not queue._followed

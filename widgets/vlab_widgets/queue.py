@@ -1,0 +1,245 @@
+"""My queue: the user's unfinished benchmarks (pending, queued, running), live, each with
+Cancel and Open (its RunPage)."""
+
+from __future__ import annotations
+
+import html
+import threading
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import ipywidgets as w
+
+from vlab_kernel.client import TERMINAL
+from vlab_kernel.lab import Lab, connect
+from vlab_widgets.common import STOP_WAIT_S, EventFollower, Message, in_background, sig3
+from vlab_widgets.run_page import RunPage
+
+UNFINISHED = ("pending", "queued", "running")
+NOTHING = '<p class="vlab-queue-empty"><i>Nothing queued: no run of yours is waiting or ' \
+          "running.</i></p>"
+COLUMNS = ["id", "model", "target", "engine", "status", "progress", "position", "age"]
+SORTS = {"age (oldest first)": ("created_at", False), "age (newest first)": ("created_at", True),
+         "status": ("status", False), "model": ("model", False), "target": ("device", False),
+         "engine": ("engine", False)}
+# Per running benchmark, a stream of its own feeds the progress column; at most this many.
+MAX_FOLLOWED = 8
+
+
+def age_text(created_at: str | None, now: datetime | None = None) -> str:
+    """How long ago the run was submitted: "42 s", "3.5 min", "2.1 h"."""
+    if not created_at:
+        return "–"
+    try:
+        then = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    except ValueError:
+        return "–"
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    seconds = max(((now or datetime.now(UTC)) - then).total_seconds(), 0.0)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{sig3(seconds / 60)} min"
+    return f"{sig3(seconds / 3600)} h"
+
+
+def progress_cell(progress: dict[str, Any] | None, status: str) -> str:
+    """"inference 12/40" while it runs; "–" while it waits."""
+    progress = progress or {}
+    total, done = int(progress.get("total") or 0), int(progress.get("done") or 0)
+    phase = progress.get("phase") or ""
+    if status != "running":
+        return "–"
+    return f"{phase} {min(done, total)}/{total}".strip() if total else (phase or "started")
+
+
+def positions(runs: list[dict[str, Any]], waiting: dict[str, int]) -> dict[str, str]:
+    """Where each run stands: pending ones by their order among the user's pending runs of
+    that target (oldest first) and how many wait for the target in all; others their
+    instance."""
+    result: dict[str, str] = {}
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        if run["status"] == "pending":
+            by_target.setdefault(run["device"], []).append(run)
+        else:
+            result[run["id"]] = f"on {run.get('target_uid') or run['device']}"
+    for target, pending in by_target.items():
+        pending.sort(key=lambda r: (r.get("created_at") or "", r["id"]))
+        total = max(waiting.get(target, 0), len(pending))
+        for number, run in enumerate(pending, 1):
+            result[run["id"]] = (f"#{number} of your {len(pending)} waiting · {total} waiting "
+                                 f"for {target} in all")
+    return result
+
+
+class QueueView(w.VBox):
+    """The user's pending, queued and running benchmarks, refreshed on every change (the
+    server's target events) with each running one's progress from its own stream."""
+
+    def __init__(self, lab: Lab | None = None, live: bool = True) -> None:
+        self.lab = lab or connect()
+        self.runs: list[dict[str, Any]] = []
+        self.refreshes = 0
+        self.message = Message()
+        self.sort_by = w.Dropdown(description="Sort by", options=list(SORTS),
+                                  value="age (oldest first)")
+        self.table = w.VBox()
+        self.page_box = w.VBox()
+        self.page: RunPage | None = None
+        self.cancel_buttons: dict[str, w.Button] = {}
+        self.open_buttons: dict[str, w.Button] = {}
+        self._progress: dict[str, w.HTML] = {}
+        self._followed: dict[str, EventFollower] = {}
+        self._lock = threading.RLock()
+        self._live = live
+        self._where: dict[str, str] = {}
+        self.sort_by.observe(lambda _change: self._show(), names="value")
+        self._follower = EventFollower(self.lab, "/api/targets/events",
+                                       lambda _event: self.refresh(), self.message.show_error)
+        super().__init__([w.HTML("<h3>My queue</h3>"), self.sort_by, self.message, self.table,
+                          self.page_box], layout={"width": "100%"})
+        self.add_class("vlab-queue")
+        self.refresh()
+        if live:
+            self._follower.start()
+
+    @property
+    def ids(self) -> list[str]:
+        """The unfinished runs shown, in the table's order."""
+        return [run["id"] for run in self.runs]
+
+    def _fetch(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        runs: list[dict[str, Any]] = []
+        for status in UNFINISHED:
+            page = self.lab.client.get_json("/api/benchmarks", status=status, page_length=100)
+            runs.extend(page["results"])
+        waiting = {t["target"]: int(t.get("queue_length") or 0) for t in self.lab.client.targets()}
+        return runs, waiting
+
+    def refresh(self) -> None:
+        """Reload the unfinished runs from the API and redraw."""
+        try:
+            runs, waiting = self._fetch()
+        except Exception as error:
+            self.message.show_error(error)
+            return
+        with self._lock:
+            self.runs = [r for r in runs if r.get("status") in UNFINISHED]
+            self._where = positions(self.runs, waiting)
+            self._show()
+            self._follow_running()
+            self.refreshes += 1
+        self.add_class("vlab-ready")
+
+    def _show(self) -> None:
+        with self._lock:
+            key, descending = SORTS[self.sort_by.value]
+            self.runs.sort(key=lambda r: str(r.get(key) or ""), reverse=descending)
+            old = self.table.children
+            buttons: tuple[dict[str, w.Button], dict[str, w.Button], dict[str, w.HTML]] = \
+                ({}, {}, {})
+            if not self.runs:
+                self.table.children = [w.HTML(NOTHING)]
+            else:
+                cells: list[w.Widget] = [w.HTML(f"<b>{name}</b>") for name in COLUMNS]
+                cells += [w.HTML(""), w.HTML("")]
+                for run in self.runs:
+                    cells += self._row(run, *buttons)
+                grid = w.GridBox(cells, layout={
+                    "grid_template_columns": f"repeat({len(COLUMNS)}, auto) 90px 80px",
+                    "grid_gap": "2px 12px", "align_items": "center"})
+                grid.add_class("vlab-queue-table")
+                self.table.children = [grid]
+            # Swapped whole: a reader never sees a half-built row set.
+            self.cancel_buttons, self.open_buttons, self._progress = buttons
+            for widget in old:
+                for child in getattr(widget, "children", ()):
+                    child.close()
+                widget.close()
+
+    def _row(self, run: dict[str, Any], cancels: dict[str, w.Button],
+             opens: dict[str, w.Button], progresses: dict[str, w.HTML]) -> list[w.Widget]:
+        bench_id, status = run["id"], run["status"]
+        texts = [bench_id, run.get("model"), run.get("target_uid") or run.get("device"),
+                 run.get("engine")]
+        cells: list[w.Widget] = [w.HTML(html.escape(str(text))) for text in texts]
+        state = w.HTML(f'<b class="vlab-status-{status}">{status}</b>')
+        progress = w.HTML(progress_cell(run.get("progress"), status))
+        progress.add_class("vlab-queue-progress")
+        where = w.HTML(html.escape(self._where.get(bench_id, "")))
+        age = w.HTML(age_text(run.get("created_at")))
+        cancel = w.Button(description="Cancel", icon="stop", tooltip=f"cancel {bench_id}",
+                          layout={"width": "90px"})
+        open_ = w.Button(description="Open", tooltip=f"show the page of {bench_id}",
+                         layout={"width": "80px"})
+        cancel.on_click(lambda _b, b=bench_id: self.cancel(b))
+        open_.on_click(lambda _b, b=bench_id: self.open_run(b))
+        cancel.add_class("vlab-queue-cancel")
+        open_.add_class("vlab-queue-open")
+        cancels[bench_id], opens[bench_id], progresses[bench_id] = cancel, open_, progress
+        return [*cells, state, progress, where, age, cancel, open_]
+
+    def _follow_running(self) -> None:
+        """One event stream per running run (a few at most) for its live progress."""
+        running = [r["id"] for r in self.runs if r["status"] == "running"][:MAX_FOLLOWED]
+        for bench_id in list(self._followed):
+            if bench_id not in running:
+                self._followed.pop(bench_id).stop()
+        if not self._live:
+            return
+        for bench_id in running:
+            if bench_id not in self._followed:
+                follower = EventFollower(
+                    self.lab, f"/api/benchmarks/{bench_id}/events",
+                    partial(self._on_progress, bench_id),
+                    self.message.show_error,
+                    until=lambda event: event.get("status") in TERMINAL)
+                self._followed[bench_id] = follower
+                follower.start()
+
+    def _on_progress(self, bench_id: str, event: dict[str, Any]) -> None:
+        cell = self._progress.get(bench_id)
+        if cell is not None and event.get("status") == "running":
+            cell.value = progress_cell(event.get("progress"), "running")
+
+    # -- actions ---------------------------------------------------------------------------
+    def cancel(self, bench_id: str) -> None:
+        """Cancel one of the runs (in the background; the queue redraws on its event)."""
+        button = self.cancel_buttons.get(bench_id)
+        if button is not None:
+            button.disabled = True
+
+        def work() -> None:
+            try:
+                status = self.lab.client.cancel(bench_id)
+                self.message.show(f"{bench_id}: {status}")
+            except Exception as error:
+                self.message.show_error(error)
+            if not self._follower.running:
+                self.refresh()
+
+        in_background(work)
+
+    def open_run(self, bench_id: str) -> RunPage:
+        """Show the run's page below the queue."""
+        if self.page is not None:
+            self.page.close()
+        self.page = RunPage(self.lab, bench_id, live=self._live)
+        self.page_box.children = [self.page]
+        return self.page
+
+    def stop(self) -> None:
+        """Stop following the server's events."""
+        self._follower.stop(timeout=STOP_WAIT_S)
+        for follower in self._followed.values():
+            follower.stop(timeout=STOP_WAIT_S)
+        self._followed.clear()
+        if self.page is not None:
+            self.page.stop()
+
+    def close(self) -> None:
+        self.stop()
+        super().close()
