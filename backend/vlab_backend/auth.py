@@ -10,10 +10,12 @@ pool that serves the synchronous request handlers: a storm of logins delays logi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
 import secrets
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -27,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vlab_backend.store.database import Database
-from vlab_backend.store.schema import ApiToken, User
+from vlab_backend.store.schema import ApiToken, Host, User
 
 LOCAL_ADMIN_EMAIL = "admin@localhost"
 API_TOKEN_PREFIX = "vlab_"
@@ -83,11 +85,21 @@ def token_digest(token: str) -> str:
 
 
 def load_or_create_secret(path: Path) -> str:
+    """The server's signing secret, made on first start. Replicas that start at once on a
+    shared data dir agree on one: the secret is written whole to a temporary file and linked
+    into place only if no other replica's is there yet (a hard link never replaces a file)."""
     if path.exists():
         return path.read_text().strip()
-    secret = secrets.token_urlsafe(48)
-    _write_private(path, secret)
-    return secret
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:  # mkstemp makes it 0600
+            handle.write(secrets.token_urlsafe(48) + "\n")
+        with contextlib.suppress(FileExistsError):  # another replica's came first: take it
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+    return path.read_text().strip()
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -206,3 +218,24 @@ def revoke_job_credentials(session: Session, benchmark_id: str) -> None:
     for row in session.scalars(select(JobCredential).where(
             JobCredential.benchmark_id == benchmark_id)):
         row.revoked = True
+
+
+HOST_TOKEN_PREFIX = "vlabhost_"
+
+
+def issue_host_credential(host: Host) -> str:
+    """A new host-scoped credential for `host` (the previous one stops working): it may read
+    the mesh peer list and register or update this host, nothing else. Only its SHA-256 is
+    stored."""
+    token = HOST_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    host.credential_hash = token_digest(token)
+    return token
+
+
+def host_of_credential(session: Session, token: str) -> Host:
+    """The host a host-scoped credential was issued to; AuthError when it is unknown (never
+    issued, rotated, or its host was removed)."""
+    host = session.scalar(select(Host).where(Host.credential_hash == token_digest(token)))
+    if host is None:
+        raise AuthError("invalid or revoked host credential")
+    return host

@@ -5,25 +5,45 @@ reserved for it, `running` while its pipeline process lives, then `success`, `fa
 `canceled`. One benchmark holds an instance at a time. After a crash, `recover()` adopts the
 pipelines that still run, collects those that ended, and fails those that vanished, so every
 benchmark reaches one terminal state and none runs twice.
+
+Several API replicas may share one PostgreSQL database. A replica claims a benchmark and an
+instance in one transaction: the free instances are locked with `SELECT ... FOR UPDATE SKIP
+LOCKED` (another replica's round skips them until this one commits) and each benchmark is
+taken with a conditional `UPDATE ... WHERE status = 'pending'`, so each is claimed by exactly
+one replica; an instance is busy exactly when a queued or running benchmark names it, which
+every replica reads from the database. The claiming replica (`claimed_by`) starts, follows and
+finalises the job and renews its lease (`lease_until`) while it lives; when a replica dies,
+another one takes its jobs over once their lease has run out, and recovery at start takes only
+jobs whose lease has run out (or this replica's own), never a live replica's. With SQLite one
+server owns the data dir (a file lock) and recovers everything at start.
+
+A dispatch round's database work runs in a worker thread, off the event loop; progress goes to
+the live event streams at once and to the database in one batched statement per second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
-from datetime import UTC, datetime
+import socket
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, CursorResult, Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from vlab_backend.artifacts import Outcome, collect
 from vlab_backend.blobstore import BlobStore
 from vlab_backend.config import Settings
 from vlab_backend.events import EventHub
-from vlab_backend.jobdir import JobDir, JobSpec
+from vlab_backend.health import HealthMonitor, degraded_note
+from vlab_backend.jobdir import JobDir, JobSpec, Progress
 from vlab_backend.runners.base import Runner
 from vlab_backend.store.database import Database
 from vlab_backend.store.schema import (
@@ -36,6 +56,25 @@ from vlab_backend.store.schema import (
 )
 
 log = logging.getLogger("vlab.scheduler")
+
+# How often the progress of running jobs is written to the database (one statement for all).
+PROGRESS_FLUSH_S = 1.0
+# How often a dispatch round runs without being woken: other replicas' submissions and freed
+# instances (shared store), or a round that failed.
+SHARED_POLL_S = 1.0
+LOCAL_POLL_S = 5.0
+RETRY_POLL_S = 0.2
+# Pending benchmarks a dispatch round reads at a time, oldest first.
+FIFO_PAGE = 500
+
+
+def default_replica_id() -> str:
+    """This process among the replicas: host name, process id and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"[:200]
+
+
+def _rowcount(result: Any) -> int:
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def benchmark_event(bench: Benchmark) -> dict[str, Any]:
@@ -53,28 +92,41 @@ class Scheduler:
         self.runner = runner
         self.models = BlobStore(settings.models_dir)
         self.datasets = BlobStore(settings.datasets_dir)
+        # Replicas may share the store (PostgreSQL); SQLite is one server's own.
+        self.shared = db.engine.dialect.name != "sqlite"
+        self.replica_id = settings.replica_id or default_replica_id()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._refs: dict[str, str] = {}
         self._canceling: set[str] = set()
+        # Progress read from the job dirs, not yet written to the database.
+        self._progress_due: dict[str, Progress] = {}
         # Running benchmark -> its host, and the other benchmarks that ran on that host while
         # it ran (`concurrent_jobs_on_host`: jobs side by side share the host's cores, caches
         # and memory bandwidth, which makes latencies noisy).
         self._hosts: dict[str, str] = {}
         self._side_by_side: dict[str, set[str]] = {}
         self._main: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        # Health checks per instance: reference benchmarks it submits like any other.
+        self.health = HealthMonitor(settings, db, self)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.recover()
+        await self.health.start()
         self._main = asyncio.create_task(self._dispatch_loop())
+        self._maintenance = asyncio.create_task(self._maintain())
 
     async def stop(self) -> None:
-        """Stop scheduling; running pipelines go on and are re-adopted at the next start."""
-        if self._main:
-            self._main.cancel()
+        """Stop scheduling; running pipelines go on and are re-adopted at the next start (or,
+        on a shared store, by another replica once this one's lease has run out)."""
+        for main in (self._main, self._maintenance):
+            if main:
+                main.cancel()
+        await self.health.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -99,41 +151,113 @@ class Scheduler:
     def _publish(self, bench: Benchmark) -> None:
         self.hub.publish(bench.id, benchmark_event(bench))
 
+    def _lease(self) -> datetime:
+        """Until when a claim made or renewed now holds."""
+        return datetime.now(UTC) + timedelta(seconds=self.settings.replica_lease_s)
+
     # -- dispatch --------------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
+        poll = SHARED_POLL_S if self.shared else LOCAL_POLL_S
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=poll)
             self._wake.clear()
             try:
-                for bench_id, spec in self._assign():
-                    self._spawn(self._execute(bench_id, spec))
-            except Exception:  # keep scheduling whatever one round hit
+                await self.dispatch_round()
+                poll = SHARED_POLL_S if self.shared else LOCAL_POLL_S
+            except Exception:  # keep scheduling whatever one round hit; retry soon
                 log.exception("dispatch round failed")
+                poll = RETRY_POLL_S
+
+    async def dispatch_round(self) -> int:
+        """Claim what can start now (the database work in a worker thread, off the event
+        loop) and start those jobs; returns how many were claimed."""
+        claimed = await asyncio.to_thread(self._assign)
+        for bench_id, spec in claimed:
+            self._spawn(self._execute(bench_id, spec))
+        return len(claimed)
 
     def _assign(self) -> list[tuple[str, JobSpec]]:
-        """Reserve free instances for the oldest pending benchmarks of each target type."""
+        """Claim free instances for the oldest pending benchmarks of each target type (runs
+        in a worker thread). The free instances stay locked (`FOR UPDATE SKIP LOCKED`) until
+        the claims commit, and each claim is a conditional UPDATE of a pending benchmark: a
+        benchmark and an instance are claimed by one replica only."""
+        claimed: list[tuple[str, str]] = []
         started: list[tuple[str, JobSpec]] = []
+        events: list[tuple[str, dict[str, Any]]] = []
         with self.db.session() as session:
-            busy = set(session.scalars(select(Benchmark.target_uid).where(
-                Benchmark.status.in_(ACTIVE_STATUSES))))
-            instances = session.scalars(select(TargetInstance).where(
-                TargetInstance.enabled.is_(True)).order_by(TargetInstance.uid)).all()
-            waiting = session.scalars(select(Benchmark).where(Benchmark.status == Status.PENDING)
-                                      .order_by(Benchmark.seq)).all()
-            for bench in waiting:
-                instance = next((i for i in instances if i.uid not in busy
-                                 and i.target_type == bench.target_type
-                                 and bench.engine in i.engines
-                                 and (not bench.requested_uids or i.uid in bench.requested_uids)),
-                                None)
-                if instance is None:
-                    continue
-                busy.add(instance.uid)
-                bench.status = Status.QUEUED
-                bench.target_uid = instance.uid
-                started.append((bench.id, self._job_spec(session, bench, instance)))
-                self._publish(bench)
+            holds = select(Benchmark.seq).where(Benchmark.target_uid == TargetInstance.uid,
+                                                Benchmark.status.in_(ACTIVE_STATUSES)).exists()
+            free = session.execute(
+                select(TargetInstance.uid, TargetInstance.target_type, TargetInstance.engines,
+                       TargetInstance.health)
+                .where(TargetInstance.enabled.is_(True), ~holds).order_by(TargetInstance.uid)
+                .with_for_update(skip_locked=True, of=TargetInstance)).all()
+            if not free:
+                return []
+            if self.shared:
+                # Read again now that the rows are locked: a replica whose claims committed
+                # just before this round's locks shows in a newer snapshot only.
+                taken = set(session.scalars(select(Benchmark.target_uid).where(
+                    Benchmark.status.in_(ACTIVE_STATUSES),
+                    Benchmark.target_uid.in_([row.uid for row in free]))))
+                free = [row for row in free if row.uid not in taken]
+            pools: dict[str, list[Any]] = defaultdict(list)
+            for row in free:
+                pools[row.target_type].append(row)
+            left, after = len(free), 0
+            while left:  # the FIFO a page at a time: a few free instances read a few rows
+                waiting = session.execute(
+                    select(Benchmark.seq, Benchmark.id, Benchmark.target_type,
+                           Benchmark.engine, Benchmark.requested_uids, Benchmark.owner_id)
+                    .where(Benchmark.status == Status.PENDING, Benchmark.seq > after,
+                           Benchmark.target_type.in_([t for t, pool in pools.items() if pool]))
+                    .order_by(Benchmark.seq).limit(FIFO_PAGE)).all()
+                for row in waiting:
+                    pool = pools[row.target_type]
+                    instance = next((i for i in pool if row.engine in i.engines
+                                     and (not row.requested_uids
+                                          or i.uid in row.requested_uids)
+                                     and not self._excluded(i.health, row.owner_id)), None)
+                    if instance is None or not self._claim(session, row.id, instance.uid):
+                        continue  # canceled, deleted or claimed elsewhere meanwhile
+                    pool.remove(instance)
+                    claimed.append((row.id, instance.uid))
+                    left -= 1
+                    if not left:
+                        break
+                if len(waiting) < FIFO_PAGE:
+                    break
+                after = waiting[-1].seq
+            if not claimed:
+                return []
+            benches = {b.id: b for b in session.scalars(select(Benchmark).where(
+                Benchmark.id.in_([bench_id for bench_id, _ in claimed])))}
+            instances = {i.uid: i for i in session.scalars(select(TargetInstance).where(
+                TargetInstance.uid.in_([uid for _, uid in claimed])))}
+            for bench_id, uid in claimed:
+                bench = benches[bench_id]
+                started.append((bench_id, self._job_spec(session, bench, instances[uid])))
+                events.append((bench_id, benchmark_event(bench)))
+        for bench_id, event in events:  # once committed
+            self.hub.publish(bench_id, event)
         return started
+
+    def _excluded(self, health: str, owner_id: int) -> bool:
+        """Policy `exclude`: no user job on a degraded instance (its health checks still
+        run there, to find it healthy again)."""
+        return (self.settings.degraded_policy == "exclude" and health == "degraded"
+                and owner_id != self.health.user_id)
+
+    def _claim(self, session: Session, bench_id: str, uid: str) -> bool:
+        """Take a pending benchmark for `uid`: true unless another replica, a cancel or a
+        delete got there first."""
+        return _rowcount(session.execute(
+            update(Benchmark).where(Benchmark.id == bench_id,
+                                    Benchmark.status == Status.PENDING)
+            .values(status=Status.QUEUED, target_uid=uid, claimed_by=self.replica_id,
+                    lease_until=self._lease(), cancel_requested=False)
+            .execution_options(synchronize_session=False))) == 1
 
     def _job_spec(self, session: Session, bench: Benchmark, instance: TargetInstance) -> JobSpec:
         model = session.get(StoredModel, bench.model_id)
@@ -172,6 +296,9 @@ class Scheduler:
 
     async def _execute(self, bench_id: str, spec: JobSpec) -> None:
         job = self.job_dir(bench_id)
+        if self.shared and not await asyncio.to_thread(self._renew_claim, bench_id):
+            log.warning("%s: claimed by another replica meanwhile; not starting it", bench_id)
+            return
         try:
             job.create(spec)
             ref = await self.runner.start(job, spec)
@@ -180,11 +307,11 @@ class Scheduler:
             self._finalize(bench_id, Outcome(Status.FAILED, f"could not start the job: {exc}"))
             return
         self._refs[bench_id] = ref
-        if bench_id in self._canceling:
-            await self.runner.cancel(ref)
         with self.db.session() as session:
             bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
             assert bench is not None
+            if bench.cancel_requested:  # asked of another replica before the job started
+                self._canceling.add(bench_id)
             bench.runner_ref = ref
             bench.started_at = datetime.now(UTC)
             if bench_id not in self._canceling:
@@ -192,7 +319,19 @@ class Scheduler:
             instance = session.get(TargetInstance, spec.target_uid)
             self._note_start(bench_id, instance.host if instance else "localhost")
             self._publish(bench)
+        if bench_id in self._canceling:
+            await self.runner.cancel(ref)
         await self._follow(bench_id, ref)
+
+    def _renew_claim(self, bench_id: str) -> bool:
+        """Whether this replica still holds the claim on a queued benchmark (renewing it)."""
+        with self.db.session() as session:
+            return _rowcount(session.execute(
+                update(Benchmark).where(Benchmark.id == bench_id,
+                                        Benchmark.status == Status.QUEUED,
+                                        Benchmark.claimed_by == self.replica_id)
+                .values(lease_until=self._lease())
+                .execution_options(synchronize_session=False))) == 1
 
     async def _follow(self, bench_id: str, ref: str) -> None:
         """Relay progress until the job ends, then collect it."""
@@ -203,14 +342,15 @@ class Scheduler:
         finally:
             watcher.cancel()
         self._refs.pop(bench_id, None)
+        self._progress_due.pop(bench_id, None)
         self._finalize_from_job_dir(bench_id, cleanup=False)
         await asyncio.sleep(0)  # let the terminal event reach the clients first
         await asyncio.to_thread(job.remove)
 
     async def _watch_progress(self, bench_id: str, job: JobDir) -> None:
+        """Progress goes to the live event streams at once; the database copy (for polling
+        clients) is written by `_maintain`, once a second for every running job together."""
         last = None
-        saved_at = 0.0
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.1)
             progress = job.read_progress()
@@ -221,14 +361,52 @@ class Scheduler:
                                         "progress": {"phase": progress.phase,
                                                      "done": progress.done,
                                                      "total": progress.total}})
-            if loop.time() - saved_at < 1.0:
-                continue  # the database copy only serves polling clients; keep writes rare
-            saved_at = loop.time()
-            with self.db.session() as session:
-                bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
-                if bench is not None and not bench.is_terminal:
-                    bench.progress_phase = progress.phase
-                    bench.progress_done, bench.progress_total = progress.done, progress.total
+            self._progress_due[bench_id] = progress
+
+    async def _maintain(self) -> None:
+        """Once a second: write the progress of running jobs; on a shared store, now and then,
+        renew this replica's leases and take over the jobs of replicas whose lease ran out."""
+        loop = asyncio.get_running_loop()
+        renewed_at = loop.time()
+        while True:
+            await asyncio.sleep(PROGRESS_FLUSH_S)
+            try:
+                await self.flush_progress()
+                if self.shared and (loop.time() - renewed_at
+                                    >= self.settings.replica_lease_s / 3):
+                    renewed_at = loop.time()
+                    await asyncio.to_thread(self._renew_leases)
+                    for bench_id, ref in await asyncio.to_thread(self._claim_orphans):
+                        await self._adopt(bench_id, ref)
+            except Exception:  # keep maintaining whatever one round hit
+                log.exception("scheduler maintenance failed")
+
+    async def flush_progress(self) -> None:
+        """Write the progress read since the last flush: one UPDATE statement for all."""
+        due, self._progress_due = self._progress_due, {}
+        if due:
+            await asyncio.to_thread(self._write_progress, due)
+
+    def _write_progress(self, due: dict[str, Progress]) -> None:
+        table = cast(Table, Benchmark.__table__)
+        statement = (update(table)
+                     .where(table.c.id == bindparam("b_id"), table.c.status == Status.RUNNING)
+                     .values(progress_phase=bindparam("b_phase"),
+                             progress_done=bindparam("b_done"),
+                             progress_total=bindparam("b_total")))
+        with self.db.engine.begin() as connection:
+            connection.execute(statement, [
+                {"b_id": bench_id, "b_phase": p.phase, "b_done": p.done, "b_total": p.total}
+                for bench_id, p in due.items()])
+
+    def _renew_leases(self) -> None:
+        """One statement: every queued or running job this replica follows stays its own."""
+        with self.db.session() as session:
+            session.execute(
+                update(Benchmark).where(Benchmark.claimed_by == self.replica_id,
+                                        Benchmark.status.in_(ACTIVE_STATUSES))
+                .values(lease_until=self._lease())
+                .execution_options(synchronize_session=False))
 
     def _note_start(self, bench_id: str, host: str) -> None:
         others = {other for other, where in self._hosts.items() if where == host}
@@ -243,6 +421,8 @@ class Scheduler:
         with self.db.session() as session:
             bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
             benchmark_type = bench.benchmark_type if bench is not None else None
+            if bench is not None and bench.cancel_requested:
+                self._canceling.add(bench_id)
         if benchmark_type is None:  # deleted by its owner while it ended: nothing to keep
             self._canceling.discard(bench_id)
             self.job_dir(bench_id).remove()
@@ -262,71 +442,149 @@ class Scheduler:
         if side_by_side is not None:  # unknown for a job re-adopted after a restart
             outcome.metrics["concurrent_jobs_on_host"] = len(side_by_side)
         with self.db.session() as session:
-            bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
+            query = select(Benchmark).where(Benchmark.id == bench_id)
+            if self.shared:  # against a takeover by another replica at the same moment
+                query = query.with_for_update()
+            bench = session.scalar(query)
             if bench is None:  # deleted meanwhile
                 self.wake()
                 return
+            if bench.is_terminal or (self.shared and bench.claimed_by is not None
+                                     and bench.claimed_by != self.replica_id):
+                log.warning("%s: already ended, or taken over by replica %s; leaving it",
+                            bench_id, bench.claimed_by)
+                self.wake()
+                return
+            self._note_health(session, bench, outcome)
             bench.status = outcome.status
             bench.message = outcome.message[:2000]
             bench.artifacts = outcome.artifacts
             bench.metrics = outcome.metrics
             bench.finished_at = datetime.now(UTC)
+            bench.lease_until = None
             if outcome.status == Status.SUCCESS:
                 bench.progress_phase = "done"
                 bench.progress_done = bench.progress_total = outcome.metrics.get(
                     "nb_inference") or bench.progress_total
             self._publish(bench)
         self.wake()
+        self.health.wake()
+
+    def _note_health(self, session: Session, bench: Benchmark, outcome: Outcome) -> None:
+        """Policy `warn`: a user job that ran on a degraded instance says so in its metrics
+        (`instance_health`, `instance_health_note`) and, when it succeeded, in its message."""
+        if bench.owner_id == self.health.user_id or bench.target_uid is None:
+            return
+        instance = session.get(TargetInstance, bench.target_uid)
+        if instance is None or instance.health != "degraded":
+            return
+        note = degraded_note(instance)
+        outcome.metrics["instance_health"] = instance.health
+        outcome.metrics["instance_health_note"] = note
+        if outcome.status == Status.SUCCESS and not outcome.message:
+            outcome.message = f"warning: {note}"
 
     # -- cancel ----------------------------------------------------------------------------
     async def cancel(self, bench_id: str) -> str:
-        """Cancel a benchmark; returns its status afterwards (terminal ones stay as they are)."""
+        """Cancel a benchmark; returns its status afterwards (terminal ones stay as they are).
+        A job that another replica follows is stopped through its runner reference, and the
+        request is kept in the database for that replica (`cancel_requested`)."""
         with self.db.session() as session:
+            stopped = _rowcount(session.execute(
+                update(Benchmark).where(Benchmark.id == bench_id,
+                                        Benchmark.status == Status.PENDING)
+                .values(status=Status.CANCELED, message="canceled by the user",
+                        finished_at=datetime.now(UTC))
+                .execution_options(synchronize_session=False))) == 1
             bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
             assert bench is not None
-            if bench.is_terminal:
-                return bench.status
-            if bench.status == Status.PENDING:
-                bench.status, bench.message = Status.CANCELED, "canceled by the user"
-                bench.finished_at = datetime.now(UTC)
+            if stopped:
                 self._publish(bench)
                 return bench.status
+            if bench.is_terminal:
+                return bench.status
+            bench.cancel_requested = True
+            stored_ref = bench.runner_ref
             self._canceling.add(bench_id)
-        ref = self._refs.get(bench_id)
+        ref = self._refs.get(bench_id) or stored_ref
         if ref is not None:
             await self.runner.cancel(ref)
         return Status.CANCELED
 
     # -- recovery --------------------------------------------------------------------------
     async def recover(self) -> None:
-        """Bring every benchmark left active by a previous server process to a known state."""
-        with self.db.session() as session:
-            active = session.scalars(select(Benchmark).where(
-                Benchmark.status.in_(ACTIVE_STATUSES))).all()
-            plans = [(b.id, b.runner_ref) for b in active]
-        self._remove_stale_job_dirs({bench_id for bench_id, _ in plans})
+        """Bring every benchmark left active by a previous server process to a known state:
+        with SQLite all of them; on a shared store those this replica claimed before (a fixed
+        `replica_id`) and those whose claiming replica's lease has run out."""
+        plans = await asyncio.to_thread(self._claim_orphans, True)
+        await asyncio.to_thread(self._remove_stale_job_dirs)
         for bench_id, stored_ref in plans:
-            job = self.job_dir(bench_id)
-            ref = stored_ref or self.runner.reference(job)
-            if ref is not None and await self.runner.alive(ref):
-                log.info("re-adopting running benchmark %s (%s)", bench_id, ref)
-                self._refs[bench_id] = ref
-                self._mark_running(bench_id, ref)
-                self._spawn(self._follow(bench_id, ref))
-            elif ref is None and not job.has_result():
-                # Reserved but never started: safe to hand to the FIFO again.
-                self._requeue(bench_id)
-            else:
-                self._finalize_from_job_dir(
-                    bench_id, interrupted="the job's process ended while the server was down")
+            await self._adopt(bench_id, stored_ref)
         self.wake()
 
-    def _remove_stale_job_dirs(self, active: set[str]) -> None:
-        """Job directories of ended benchmarks (a stop between the end and the clean-up)."""
+    def _claim_orphans(self, at_start: bool = False) -> list[tuple[str, str | None]]:
+        """Claim the active benchmarks no live replica follows; returns them with their
+        stored runner references. With SQLite (at start) that is all of them; on a shared
+        store those whose lease has run out, and at start this replica's own."""
+        orphaned: ColumnElement[bool] = Benchmark.status.in_(ACTIVE_STATUSES)
+        if self.shared:
+            expired = or_(Benchmark.lease_until.is_(None),
+                          Benchmark.lease_until < datetime.now(UTC))
+            if at_start:
+                expired = or_(expired, Benchmark.claimed_by == self.replica_id)
+            else:  # never one this replica is starting or following
+                expired = and_(expired, or_(Benchmark.claimed_by.is_(None),
+                                            Benchmark.claimed_by != self.replica_id))
+            orphaned = and_(orphaned, expired)
+        taken: list[tuple[str, str | None]] = []
+        with self.db.session() as session:
+            candidates = session.execute(select(Benchmark.id, Benchmark.claimed_by)
+                                         .where(orphaned).order_by(Benchmark.seq)).all()
+            for bench_id, previous in candidates:
+                if not _rowcount(session.execute(
+                        update(Benchmark).where(Benchmark.id == bench_id, orphaned)
+                        .values(claimed_by=self.replica_id, lease_until=self._lease())
+                        .execution_options(synchronize_session=False))):
+                    continue  # another replica took it first
+                ref = session.scalar(select(Benchmark.runner_ref).where(
+                    Benchmark.id == bench_id))
+                if previous not in (None, self.replica_id):
+                    log.warning("taking over %s from replica %s, whose lease ran out",
+                                bench_id, previous)
+                taken.append((bench_id, ref))
+        return taken
+
+    async def _adopt(self, bench_id: str, stored_ref: str | None) -> None:
+        """Follow a claimed job that still runs, collect one that ended, hand one that never
+        started back to the queue."""
+        job = self.job_dir(bench_id)
+        ref = stored_ref or self.runner.reference(job)
+        if ref is not None and await self.runner.alive(ref):
+            log.info("re-adopting running benchmark %s (%s)", bench_id, ref)
+            self._refs[bench_id] = ref
+            self._mark_running(bench_id, ref)
+            self._spawn(self._follow(bench_id, ref))
+        elif ref is None and not job.has_result():
+            # Reserved but never started: safe to hand to the FIFO again.
+            self._requeue(bench_id)
+        else:
+            self._finalize_from_job_dir(
+                bench_id, interrupted="the job's process ended while the server was down")
+
+    def _remove_stale_job_dirs(self) -> None:
+        """Job directories of ended benchmarks (a stop between the end and the clean-up). The
+        directories are listed before the database is read: a job dir exists only once its
+        claim has committed, so another replica's live job is never taken for stale."""
         if not self.settings.jobs_dir.is_dir():
             return
-        for job_dir in self.settings.jobs_dir.iterdir():
-            if job_dir.is_dir() and job_dir.name not in active:
+        dirs = [d for d in self.settings.jobs_dir.iterdir() if d.is_dir()]
+        if not dirs:
+            return
+        with self.db.session() as session:
+            active = set(session.scalars(select(Benchmark.id).where(
+                Benchmark.status.in_(ACTIVE_STATUSES))))
+        for job_dir in dirs:
+            if job_dir.name not in active:
                 shutil.rmtree(job_dir, ignore_errors=True)
 
     def _mark_running(self, bench_id: str, ref: str) -> None:
@@ -337,8 +595,11 @@ class Scheduler:
 
     def _requeue(self, bench_id: str) -> None:
         with self.db.session() as session:
-            bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
-            assert bench is not None
-            bench.status, bench.target_uid = Status.PENDING, None
+            session.execute(
+                update(Benchmark).where(Benchmark.id == bench_id,
+                                        Benchmark.status == Status.QUEUED,
+                                        Benchmark.claimed_by == self.replica_id)
+                .values(status=Status.PENDING, target_uid=None, claimed_by=None,
+                        lease_until=None)
+                .execution_options(synchronize_session=False))
         self.job_dir(bench_id).remove()
-

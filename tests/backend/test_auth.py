@@ -196,3 +196,17 @@ def test_trusted_proxies_are_addresses_or_networks(given: str, kept: str) -> Non
 def test_a_proxy_name_is_refused() -> None:
     with pytest.raises(ValidationError, match="not an IP address or network"):
         Settings(forwarded_allow_ips="127.0.0.1,proxy.example")
+
+
+def test_replicas_starting_at_once_agree_on_one_secret(tmp_path: Path) -> None:
+    """Many starts racing on a fresh shared data dir read back one and the same secret."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vlab_backend.auth import load_or_create_secret
+
+    path = tmp_path / "shared" / "jwt.secret"
+    with ThreadPoolExecutor(16) as pool:
+        secrets_seen = set(pool.map(lambda _: load_or_create_secret(path), range(64)))
+    assert secrets_seen == {path.read_text().strip()}
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["jwt.secret"]  # no temporary left

@@ -75,6 +75,27 @@ class ReschedulePolicySpec(_Model):
     Unlimited: bool = False
 
 
+class DisconnectSpec(_Model):
+    """What Nomad (>= 1.8, `api/tasks.go` DisconnectStrategy) does when the node of an
+    allocation stops heartbeating. Unset durations are left out: Nomad tells an unset
+    `StopOnClientAfter` from 0 (stop at once)."""
+
+    LostAfter: int | None = None
+    StopOnClientAfter: int | None = None
+    Replace: bool = True
+    Reconcile: Literal["best_score", "keep_original", "keep_replacement",
+                       "longest_running"] = "best_score"
+
+    @model_validator(mode="after")
+    def _nomad_rules(self) -> DisconnectSpec:
+        if self.LostAfter is not None and self.StopOnClientAfter is not None:
+            raise ValueError("Disconnect cannot be configured with both lost_after and "
+                             "stop_after")
+        if (self.LostAfter or 0) < 0 or (self.StopOnClientAfter or 0) < 0:
+            raise ValueError("Disconnect durations cannot be negative")
+        return self
+
+
 class EphemeralDiskSpec(_Model):
     SizeMB: int = 300
     Sticky: bool = False
@@ -104,6 +125,9 @@ class Port(_Model):
     Label: str
     Value: int = 0  # static port (ReservedPorts)
     To: int = 0  # container port
+    # A named `host_network` of the client to bind on ("public": the LAN, for the gateway);
+    # empty: the client's default network (the mesh interface).
+    HostNetwork: str = ""
 
 
 class NetworkSpec(_Model):
@@ -166,6 +190,7 @@ class TaskGroup(_Model):
     ReschedulePolicy: ReschedulePolicySpec = Field(
         default_factory=lambda: ReschedulePolicySpec())
     EphemeralDisk: EphemeralDiskSpec = Field(default_factory=lambda: EphemeralDiskSpec())
+    Disconnect: DisconnectSpec | None = None
     Networks: list[NetworkSpec] = Field(default_factory=list)
     Services: list[Service] = Field(default_factory=list)
     Volumes: dict[str, VolumeRequest] = Field(default_factory=dict)

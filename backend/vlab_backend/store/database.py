@@ -17,6 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
+# PostgreSQL advisory lock keys ("vlab" + a number).
+_MIGRATION_LOCK = 0x766C6101
+_STARTUP_LOCK = 0x766C6102
+
+
 class StoreUnusable(Exception):
     """The database cannot be opened or read: a one-line message saying what to do."""
 
@@ -58,8 +63,29 @@ class Database:
         config.set_main_option("script_location", str(MIGRATIONS))
         config.set_main_option("sqlalchemy.url", self.engine.url.render_as_string(False))
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together: one migrates, the others wait and find it done.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                   {"key": _MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    @contextmanager
+    def startup_lock(self) -> Iterator[None]:
+        """Serialises the start-up writes (admin, targets, catalogue) of API replicas that
+        share a PostgreSQL database; SQLite has one server per data dir, so nothing to do."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _STARTUP_LOCK})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"),
+                                   {"key": _STARTUP_LOCK})
+                connection.commit()
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -11,7 +11,14 @@ import pytest
 from pydantic import ValidationError
 
 from vlab_backend.nomad.jobs import benchmark_job, variable_path
-from vlab_backend.nomad.models import Constraint, NomadJob, RestartPolicySpec, Task, seconds
+from vlab_backend.nomad.models import (
+    Constraint,
+    DisconnectSpec,
+    NomadJob,
+    RestartPolicySpec,
+    Task,
+    seconds,
+)
 
 FIXTURE = Path(__file__).with_name("fixtures") / "benchmark_job.json"
 
@@ -75,3 +82,23 @@ def test_nomad_validation_rules() -> None:
         NomadJob(ID="has space", Name="x", Type="batch", TaskGroups=[])
     with pytest.raises(ValueError, match="has no image"):
         build(offer={"repository": "targets/x"})
+
+
+def test_memory_is_the_hosts_reservation_not_the_boards_ram() -> None:
+    def memory_mb(**overrides: Any) -> int:
+        return int(build(**overrides)["Job"]["TaskGroups"][0]["Tasks"][0]["Resources"][
+            "MemoryMB"])
+
+    assert memory_mb() == 1024  # the server's default, whatever the board's 8 GiB of RAM
+    assert memory_mb(memory={"ram": 8 << 30, "job": 512 << 20}) == 512  # memory.job
+    assert memory_mb(default_memory_mb=2048) == 2048  # VLAB_NOMAD_JOB_MEMORY_MB
+    assert memory_mb(memory={"job": 1}) == 64
+
+
+def test_a_lost_allocation_is_never_replaced() -> None:
+    group = build(stop_on_client_after_s=90)["Job"]["TaskGroups"][0]
+    assert group["Disconnect"] == {"Replace": False, "StopOnClientAfter": seconds(90),
+                                   "Reconcile": "best_score"}
+    with pytest.raises(ValidationError, match="both lost_after and stop_after"):
+        DisconnectSpec(LostAfter=seconds(1), StopOnClientAfter=seconds(1))
+    assert "LostAfter" not in DisconnectSpec(Replace=False).to_json()  # unset, not 0
