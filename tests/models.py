@@ -6,6 +6,7 @@ import importlib.util
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -207,3 +208,82 @@ def ir_bomb(path: Path, xml: bytes, bin_bytes: int) -> Path:
             for offset in range(0, bin_bytes, len(block)):
                 member.write(block[:bin_bytes - offset])
     return path
+
+
+# -- on-device training (TYPE3) ----------------------------------------------------------------
+def digits_split(test_share: float = 0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                    np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (no download), pixels scaled to [0, 1]: x_train
+    [n, 64] float32, y_train [n] int64, x_test, y_test; a seed-0 permutation split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(x))
+    cut = int(len(x) * (1 - test_share))
+    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+
+
+def _he(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+
+def _save_digits_model(path: Path, nodes: list[Any], initializers: list[Any],
+                       input_shape: list[Any], output: str, opset: int | None) -> Path:
+    graph = helper.make_graph(
+        nodes, path.stem, [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", 10])], initializers)
+    if opset is None:  # what the installed onnx writes by default (IR 14 / opset 28 for 1.23)
+        model = helper.make_model(graph)
+    else:
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+def digits_mlp(path: Path, softmax: bool = True, opset: int | None = None) -> Path:
+    """Gemm 64->32, Relu, Gemm 32->10 (logits), and a Softmax unless `softmax` is False; with
+    the onnx defaults unless `opset` is given."""
+    rng = np.random.default_rng(0)
+    initializers = [numpy_helper.from_array(_he(rng, (32, 64), 64), "W1"),
+                    numpy_helper.from_array(np.zeros(32, np.float32), "B1"),
+                    numpy_helper.from_array(_he(rng, (10, 32), 32), "W2"),
+                    numpy_helper.from_array(np.zeros(10, np.float32), "B2")]
+    nodes = [helper.make_node("Gemm", ["input", "W1", "B1"], ["h1"], transB=1, name="fc1"),
+             helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+             helper.make_node("Gemm", ["r1", "W2", "B2"], ["logits"], transB=1, name="fc2")]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="softmax"))
+    return _save_digits_model(path, nodes, initializers, ["N", 64],
+                              "probs" if softmax else "logits", opset)
+
+
+def digits_cnn(path: Path, opset: int | None = 17, pool: str = "MaxPool") -> Path:
+    """Conv 8x3x3 (pad 1), Relu, `pool` 2x2, Flatten, Gemm 128->10 on [N, 1, 8, 8] digits."""
+    rng = np.random.default_rng(0)
+    initializers = [numpy_helper.from_array(_he(rng, (8, 1, 3, 3), 9), "Wc"),
+                    numpy_helper.from_array(np.zeros(8, np.float32), "Bc"),
+                    numpy_helper.from_array(_he(rng, (10, 128), 128), "Wf"),
+                    numpy_helper.from_array(np.zeros(10, np.float32), "Bf")]
+    nodes = [helper.make_node("Conv", ["input", "Wc", "Bc"], ["c1"], pads=[1, 1, 1, 1],
+                              kernel_shape=[3, 3], name="conv"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node(pool, ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2],
+                              name="pool"),
+             helper.make_node("Flatten", ["p1"], ["f1"], axis=1, name="flatten"),
+             helper.make_node("Gemm", ["f1", "Wf", "Bf"], ["logits"], transB=1, name="fc")]
+    return _save_digits_model(path, nodes, initializers, ["N", 1, 8, 8], "logits", opset)
+
+
+def untrainable_model(path: Path) -> Path:
+    """The digits MLP with a HardSigmoid (node `gate`), which onnxruntime-training cannot
+    differentiate."""
+    rng = np.random.default_rng(0)
+    initializers = [numpy_helper.from_array(_he(rng, (10, 64), 64), "W"),
+                    numpy_helper.from_array(np.zeros(10, np.float32), "B")]
+    nodes = [helper.make_node("Gemm", ["input", "W", "B"], ["h"], transB=1, name="fc"),
+             helper.make_node("HardSigmoid", ["h"], ["logits"], name="gate")]
+    return _save_digits_model(path, nodes, initializers, ["N", 64], "logits", 17)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,8 @@ def collect(job: JobDir, destination: Path, benchmark_type: str, canceled: bool 
     metrics: dict[str, Any] = {}
     if "report" in present:
         metrics = _report_metrics(destination / ARTIFACT_FILES["report"])
+    elif "report_odt" in present:
+        metrics = _report_metrics(destination / ARTIFACT_FILES["report_odt"], odt_metrics)
     if canceled:
         return Outcome(Status.CANCELED, "canceled by the user", present, metrics)
     if result is None or not result.succeeded:
@@ -138,7 +141,24 @@ def _failure_message(result: PipelineResult | None, reason: str, interrupted: st
     return f"{reason} ({context})" if reason else context
 
 
-def _report_metrics(path: Path) -> dict[str, Any]:
+def odt_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a results table shows of a training report (report_odt.json): the last
+    epoch's losses and accuracies, the best test accuracy, time, memory and model."""
+    metrics: dict[str, Any] = {}
+    for key in ("loss_train", "loss_test", "accuracy_train", "accuracy_test"):
+        values = (report.get(key) or {}).get("values") or []
+        metrics[f"{key}_final"] = values[-1] if values else None
+    metrics["accuracy_test_max"] = (report.get("accuracy_test") or {}).get("max")
+    metrics["training_time_s"] = report.get("training_time")
+    for key in ("epochs", "batch_size", "learning_rate", "peak_memory_bytes", "load_cpu",
+                "model_size", "nb_parameters_model", "engine_version", "temperature"):
+        metrics[key] = report.get(key)
+    return metrics
+
+
+def _report_metrics(path: Path,
+                    flatten: Callable[[dict[str, Any]], dict[str, Any]] = flat_metrics
+                    ) -> dict[str, Any]:
     data = path.read_bytes()
     try:
         report = orjson.loads(data)
@@ -148,7 +168,7 @@ def _report_metrics(path: Path) -> dict[str, Any]:
         except ValueError:
             return {}
     try:
-        return flat_metrics(report) if isinstance(report, dict) else {}
+        return flatten(report) if isinstance(report, dict) else {}
     except AttributeError:  # a section of the wrong shape
         return {}
 

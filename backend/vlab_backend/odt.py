@@ -3,6 +3,7 @@ the dAIEdge client writes them."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 2**20
 MAX_SAMPLE_BYTES = 2**40
 MAX_ROUNDS = 10_000
+MAX_LEARNING_RATE = 1e3
 
 
 def _positive_int(value: Any, where: str, maximum: int) -> int:
@@ -32,13 +34,15 @@ def _positive_int(value: Any, where: str, maximum: int) -> int:
     return int(value)
 
 
-def _tensor(section: Any, where: str) -> dict[str, Any]:
+def _tensor(section: Any, where: str, scalar: bool = False) -> dict[str, Any]:
+    """A tensor section; `scalar`: its shape may be [] (one class index per sample)."""
     _require(isinstance(section, dict), f"{where} must be an object")
     for key in ("name", "shape", "dtype", "train_file", "test_file"):
         _require(section.get(key) is not None, f"{where}.{key} is required")
     _require(isinstance(section["name"], str), f"{where}.name must be a string")
     shape = section["shape"]
-    _require(isinstance(shape, list) and bool(shape), f"{where}.shape must be a list")
+    _require(isinstance(shape, list) and (scalar or bool(shape)),
+             f"{where}.shape must be a list" + ("" if scalar else " of dimensions"))
     for index, dim in enumerate(shape):
         _positive_int(dim, f"{where}.shape[{index}]", MAX_DIM)
     try:
@@ -68,9 +72,33 @@ def validate_odt_config(config: Any) -> dict[str, Any]:
     _require(isinstance(params, dict), "learning_parameters is required (an object)")
     _positive_int(params.get("batch_size"), "learning_parameters.batch_size", MAX_BATCH_SIZE)
     _positive_int(params.get("epochs"), "learning_parameters.epochs", MAX_EPOCHS)
+    _learning_extras(params)
     _tensor(config.get("input"), "input")
-    _tensor(config.get("output"), "output")
+    _tensor(config.get("output"), "output", scalar=True)
     return config
+
+
+def _learning_extras(params: dict[str, Any]) -> None:
+    """The types of the optional learning parameters that this lab's targets read
+    (`learning_rate`, `optimizer`, `loss`, `shuffle`, `seed`); which optimizers and losses
+    exist is the target's to say."""
+    where = "learning_parameters"
+    if "learning_rate" in params:
+        rate = params["learning_rate"]
+        _require(isinstance(rate, int | float) and not isinstance(rate, bool)
+                 and math.isfinite(rate) and 0 < rate <= MAX_LEARNING_RATE,
+                 f"{where}.learning_rate must be a number above 0 and at most "
+                 f"{MAX_LEARNING_RATE}")
+    for key in ("optimizer", "loss"):
+        if key in params:
+            _require(isinstance(params[key], str) and 0 < len(params[key]) <= 64,
+                     f"{where}.{key} must be a name")
+    if "shuffle" in params:
+        _require(isinstance(params["shuffle"], bool), f"{where}.shuffle must be true or false")
+    if "seed" in params:
+        seed = params["seed"]
+        _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32,
+                 f"{where}.seed must be an integer from 0 to {2**32 - 1}")
 
 
 def dataset_refs(config: dict[str, Any]) -> list[str]:
@@ -79,28 +107,9 @@ def dataset_refs(config: dict[str, Any]) -> list[str]:
 
 
 def validate_fl_config(config: Any) -> dict[str, Any]:
-    """The federated-learning experiment (§7.6): model, server config, clients, counters."""
-    _require(isinstance(config, dict), "the FL config must be a JSON object")
-    for key in ("model", "config", "clients"):
-        _require(key in config, f"{key} is required")
-    model = config["model"]
-    _require(isinstance(model, dict), "model must be an object")
-    for key in ("runtime", "input_shape", "output_shape"):
-        _require(model.get(key) is not None, f"model.{key} is required")
-    server = config["config"]
-    _require(isinstance(server, dict), "config must be an object")
-    _positive_int(server.get("rounds"), "config.rounds", MAX_ROUNDS)
-    _require(server.get("aggregator", "FedAvg") in ("FedAvg",),
-             "config.aggregator must be FedAvg")
-    clients = config["clients"]
-    _require(isinstance(clients, list) and bool(clients), "clients must be a non-empty list")
-    for index, client in enumerate(clients):
-        where = f"clients[{index}]"
-        _require(isinstance(client, dict), f"{where} must be an object")
-        for key in ("client_id", "target", "runtime", "odt_config"):
-            _require(client.get(key) is not None, f"{where}.{key} is required")
-        try:
-            validate_odt_config(client["odt_config"])
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.odt_config: {exc}") from exc
-    return config
+    """The federated-learning experiment (§7.6): model, server config, objectives, clients
+    with their ODT configs and scripted events (`vlab_backend.federated.config`)."""
+    from vlab_backend.federated.config import parse_experiment
+
+    parse_experiment(config)
+    return dict(config)

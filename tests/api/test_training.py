@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def odt_config(refs: dict[str, str]) -> dict[str, Any]:
     return {"learning_parameters": {"batch_size": 2, "epochs": 1, "learning_rate": 0.01},
-            "input": {"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32",
+            "input": {"name": "x", "shape": [3, 8, 8], "dtype": "float32",
                       "train_file": refs["x_train"], "test_file": refs["x_test"]},
             "output": {"name": "y", "shape": [10], "dtype": "float32",
                        "train_file": refs["y_train"], "test_file": refs["y_test"]}}
@@ -36,8 +36,9 @@ def upload_datasets(client: Any, tmp_path: Path) -> dict[str, str]:
     return refs
 
 
-def train(client: Any, model: Path, config: Any, device: str = "host-cpu") -> Any:
-    return client.post("/api/benchmarks/train", data={"device": device, "engine": "onnxruntime"},
+def train(client: Any, model: Path, config: Any, device: str = "host-cpu",
+          engine: str = "onnxruntime") -> Any:
+    return client.post("/api/benchmarks/train", data={"device": device, "engine": engine},
                        files={"model": (model.name, model.read_bytes()),
                               "config": ("config", json.dumps(config))})
 
@@ -53,6 +54,17 @@ def test_odt_config_is_validated(server: LiveServer, small_onnx: Path, tmp_path:
             ({**good, "input": {**good["input"], "dtype": "floaty"}}, "not a numpy dtype"),
             ({**good, "input": {**good["input"], "train_file": None}},
              "input.train_file is required"),
+            ({**good, "input": {**good["input"], "shape": []}},
+             "input.shape must be a list of dimensions"),
+            ({**good, "learning_parameters": {"batch_size": 2, "epochs": 1,
+                                              "learning_rate": -1}},
+             "learning_parameters.learning_rate must be a number above 0"),
+            ({**good, "learning_parameters": {"batch_size": 2, "epochs": 1, "shuffle": "yes"}},
+             "learning_parameters.shuffle must be true or false"),
+            ({**good, "learning_parameters": {"batch_size": 2, "epochs": 1, "seed": -1}},
+             "learning_parameters.seed must be an integer"),
+            ({**good, "learning_parameters": {"batch_size": 2, "epochs": 1, "optimizer": 3}},
+             "learning_parameters.optimizer must be a name"),
         ]:
             response = train(client, small_onnx, broken)
             assert response.status_code == 400, response.text
@@ -62,10 +74,19 @@ def test_odt_config_is_validated(server: LiveServer, small_onnx: Path, tmp_path:
                                files={"model": ("m.onnx", small_onnx.read_bytes()),
                                       "config": ("config", b"{oops")})
         assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
-        # A valid config, but the host CPU does not train.
-        refused = train(client, small_onnx, good)
+        # A valid config, but the host CPU trains with onnxruntime only.
+        refused = train(client, small_onnx, good, engine="openvino")
         assert refused.status_code == 400
-        assert "does not support TYPE3" in refused.json()["error"]
+        assert "host-cpu with openvino does not support TYPE3" in refused.json()["error"]
+        # The config must fit the model's tensors (checked once the model is read).
+        renamed = {**good, "input": {**good["input"], "name": "image"}}
+        refused = train(client, small_onnx, renamed)
+        assert refused.status_code == 400
+        assert "input.name 'image' is not an input of the model" in refused.json()["error"]
+        # host-cpu offers TYPE3 with onnxruntime (the dAIEdge client reads these).
+        config = client.get("/api/benchmarks/config").json()
+        assert "TYPE3" in config["devices"]["host-cpu"]["engines"]["onnxruntime"][
+            "supported_types"]
 
 
 def test_training_runs_on_a_target_that_offers_it(tmp_path: Path, small_onnx: Path) -> None:
@@ -143,6 +164,85 @@ def test_federated_learning_is_validated_then_refused(server: LiveServer,
         assert run(no_clients).status_code == 400
         refused = run(fl_config())
         assert refused.status_code == 400
-        assert "no target offers federated learning (TYPE4)" in refused.json()["error"]
+        assert "clients[0].odt_config.input.train_file: unknown dataset" in refused.json()["error"]
         assert client.get("/api/benchmarks/fl").json()["count"] == 0
         assert client.get("/api/benchmarks/fl/abc/status").status_code == 404
+
+
+# -- the host-cpu target's preparation of a model for training (no server) ---------------------
+def _digits_config(tmp_path: Path, output: str = "probs", **learning: Any) -> Path:
+    from tests.models import digits_split
+
+    x_train, y_train, _x, _y = digits_split()
+    x_train[:64].tofile(tmp_path / "x.bin")
+    y_train[:64].tofile(tmp_path / "y.bin")
+    config = {"learning_parameters": {"batch_size": 8, "epochs": 1, **learning},
+              "input": {"name": "input", "shape": [64], "dtype": "float32",
+                        "train_file": "x.bin", "test_file": "x.bin"},
+              "output": {"name": output, "shape": [1], "dtype": "int64",
+                         "train_file": "y.bin", "test_file": "y.bin"}}
+    path = tmp_path / "odt.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_prepare_converts_cuts_the_softmax_and_picks_the_weights(tmp_path: Path) -> None:
+    import onnx
+
+    from tests.models import digits_mlp
+    from vlab_backend.training.prepare import prepare
+
+    model = digits_mlp(tmp_path / "mlp.onnx")  # onnx's defaults: IR 14, opset 28
+    plan = prepare(model, _digits_config(tmp_path), tmp_path / "out", root=tmp_path)
+    assert plan["converted"] == {"from_opset": 28, "to_opset": 17, "from_ir_version": 14,
+                                 "to_ir_version": 8}
+    assert plan["cut"]["op_type"] == "Softmax" and plan["trained_output"] == "logits"
+    assert plan["loss"] == "cross_entropy" and plan["optimizer"] == "adamw"
+    assert plan["learning_rate"] == 0.01 and plan["shuffle"] is True
+    assert plan["targets"] == "indices" and plan["classes"] == 10
+    assert sorted(plan["trainable"]) == ["B1", "B2", "W1", "W2"] and plan["frozen"] == []
+    prepared = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert prepared.ir_version == 8 and prepared.opset_import[0].version == 17
+    assert [n.op_type for n in prepared.graph.node] == ["Gemm", "Relu", "Gemm"]
+    assert prepared.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert (tmp_path / "out" / "ort_train.py").is_file()
+
+
+def test_prepare_refuses_what_it_cannot_train(tmp_path: Path) -> None:
+    from tests.models import digits_cnn, digits_mlp
+    from vlab_backend.training.prepare import PrepareError, prepare
+
+    model = digits_mlp(tmp_path / "mlp.onnx", softmax=False)
+    with pytest.raises(PrepareError, match=r"learning_parameters\.optimizer 'Adam' is not one"):
+        prepare(model, _digits_config(tmp_path, "logits", optimizer="Adam"), tmp_path / "o")
+    with pytest.raises(PrepareError, match=r"learning_parameters\.loss 'hinge' is not one"):
+        prepare(model, _digits_config(tmp_path, "logits", loss="hinge"), tmp_path / "o")
+    pooled = digits_cnn(tmp_path / "avg.onnx", pool="AveragePool")
+    config = json.loads(_digits_config(tmp_path, "logits").read_text())
+    config["input"]["shape"] = [1, 8, 8]
+    (tmp_path / "cnn.json").write_text(json.dumps(config))
+    with pytest.raises(PrepareError, match=r"operator AveragePool \(node pool\)"):
+        prepare(pooled, tmp_path / "cnn.json", tmp_path / "o")
+
+
+def test_settings_and_statistics_are_frozen() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vlab_backend.training.prepare import parameters
+
+    def tensor(name: str, *shape: int) -> Any:
+        return numpy_helper.from_array(np.ones(shape, np.float32), name)
+
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]),
+         helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"]),
+         helper.make_node("Clip", ["n", "lo", "hi"], ["k"]),
+         helper.make_node("Mul", ["k", "half"], ["h"]),
+         helper.make_node("Add", ["h", "shift"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [tensor("w", 2, 1, 3, 3), tensor("s", 2), tensor("b", 2), tensor("m", 2),
+         tensor("v", 2), tensor("lo"), tensor("hi"), tensor("half"), tensor("shift", 2, 1, 1)])
+    trainable, frozen = parameters(graph)
+    assert sorted(trainable) == ["b", "s", "shift", "w"]
+    assert sorted(frozen) == ["half", "hi", "lo", "m", "v"]

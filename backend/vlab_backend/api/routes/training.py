@@ -1,4 +1,4 @@
-"""On-device training (TYPE3) submissions and the federated-learning (TYPE4) endpoints."""
+"""On-device training (TYPE3) submissions. Federated learning (TYPE4) is in `federated`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 
 from vlab_backend.api.deps import submission_errors
-from vlab_backend.api.routes.benchmarks import Page, PageLength, parse_json_field
-from vlab_backend.api.schemas import ERRORS, FLExperiment, FLHistory, Submitted
+from vlab_backend.api.routes.benchmarks import parse_json_field
+from vlab_backend.api.schemas import ERRORS, Submitted
 from vlab_backend.api.state import AppState, StateDep, UserDep
 from vlab_backend.api.uploads import safe_filename, save_upload
 from vlab_backend.blobstore import sha256_file
@@ -22,11 +21,10 @@ from vlab_backend.odt import (
     ConfigError,
     dataset_refs,
     sample_bytes,
-    validate_fl_config,
     validate_odt_config,
 )
 from vlab_backend.scheduler import benchmark_event
-from vlab_backend.store.schema import Status, TargetInstance, User
+from vlab_backend.store.schema import Status, User
 from vlab_backend.submission import (
     RunRequest,
     SubmissionError,
@@ -37,6 +35,7 @@ from vlab_backend.submission import (
     resolve_dataset,
     store_model,
 )
+from vlab_backend.training.tensors import check_config_against_model
 
 router = APIRouter(tags=["training"], responses=ERRORS)
 CONFIG_LIMIT = 1024 * 1024
@@ -97,44 +96,13 @@ def _accept_training(state: AppState, user: User, request: RunRequest, odt: dict
                      upload: Path, filename: str) -> str:
     with submission_errors(), state.db.session() as session:
         info = intake_upload(upload, filename, engine_profile(session, request.engine))
+        try:  # before anything is stored
+            check_config_against_model(odt, info)
+        except ConfigError as exc:
+            raise SubmissionError(f"invalid ODT config for {filename}: {exc}") from exc
         stored = store_model(session, state.scheduler.models, user, upload, filename, info,
                              sha256_file(upload))
         bench = create_benchmark(session, user, request, stored)
         bench.odt_config = odt
         state.hub.publish(bench.id, benchmark_event(bench))
         return bench.id
-
-
-@router.post("/api/benchmarks/fl/run")
-async def fl_run(state: StateDep, user: UserDep, model: UploadFile,
-                 fl_config: UploadFile) -> Submitted:
-    """Federated learning: the experiment is validated; it runs only where targets offer
-    TYPE4."""
-    config = await _config_part(fl_config, "FL", validate_fl_config)
-    instances = await run_in_threadpool(_enabled_instances, state)
-    for client in config["clients"]:
-        offers = any(i.target_type == client["target"]
-                     and "TYPE4" in i.engines.get(client["runtime"], {}).get("supported_types", [])
-                     for i in instances)
-        if not offers:
-            raise HTTPException(400, f"no target offers federated learning (TYPE4) for "
-                                     f"{client['client_id']}: {client['target']} with "
-                                     f"{client['runtime']}")
-    raise HTTPException(501, "federated-learning orchestration is not available in this lab")
-
-
-def _enabled_instances(state: AppState) -> list[TargetInstance]:
-    with state.db.session() as session:
-        return list(session.scalars(select(TargetInstance).where(
-            TargetInstance.enabled.is_(True))))
-
-
-@router.get("/api/benchmarks/fl")
-def fl_history(_user: UserDep, page: Page = 1, page_length: PageLength = 100) -> FLHistory:
-    return FLHistory(count=0, page=page, page_length=page_length, results=[])
-
-
-@router.get("/api/benchmarks/fl/{experiment_id}/{what}")
-def fl_experiment(experiment_id: str, what: str, _user: UserDep) -> FLExperiment:
-    """`status`, `results` or `definition` of an experiment."""
-    raise HTTPException(404, f"no federated-learning experiment {experiment_id}")
