@@ -31,6 +31,7 @@ BUILTIN_ENGINE_MODULES = {
     "openvino": "vlab_backend.engines.openvino_engine",
     "tflite": "vlab_backend.engines.tflite_engine",
     "synthetic": "vlab_backend.engines.synthetic_engine",
+    "tflite-micro": "vlab_backend.engines.tflite_micro_engine",
 }
 
 

@@ -176,7 +176,9 @@ class EngineSpec:
     `distribution`: the distribution whose version is the engine's version; by default the
     one that provides the engine module. `host_cpu`: the engine runs in the harness on a CPU
     host, so `host-cpu` offers it; False for an engine that only exists on other targets (a
-    microcontroller's runtime, driven by that target's repository).
+    microcontroller's runtime, driven by that target's repository). `host_cpu_types`: the
+    benchmark types `host-cpu` offers with it (TYPE3, on-device training, where the built-in
+    target repository trains with the engine).
     """
 
     name: str
@@ -187,6 +189,7 @@ class EngineSpec:
     distribution: str = ""
     host_cpu: bool = True
     preload: bool = True
+    host_cpu_types: tuple[str, ...] = ("TYPE1", "TYPE2")
 
     def missing_runtime(self) -> str | None:
         """Why this engine cannot run in this Python environment (a runtime package is not

@@ -24,6 +24,8 @@ SPEC = EngineSpec(
     formats=("onnx",),
     runtime_modules=("onnxruntime",),
     distribution="onnxruntime",
+    # TYPE3: targets/host-cpu trains with onnxruntime-training in its own environment.
+    host_cpu_types=("TYPE1", "TYPE2", "TYPE3"),
     parameters=(
         ParameterSpec("graph_optimization_level", "enum", "all",
                       "graph optimisations applied when the session is created",

@@ -190,6 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings = Timings()
     freq_start = sysinfo.cpu_frequency_mhz(cpus)
     cpu_mark = sysinfo.cpu_clock()
+    energy_mark, no_energy = sysinfo.energy_mark()
     try:
         _measure(args, adapter, inputs_spec, params, timings, out_dir, progress)
     except (HarnessError, ValueError):
@@ -197,6 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except Exception as exc:
         raise HarnessError(f"inference with {args.engine} failed: {short_message(exc)}") from exc
 
+    energy = sysinfo.energy_since(energy_mark, no_energy)
     freq_end = sysinfo.cpu_frequency_mhz(cpus)
     load_cpu = sysinfo.cpu_load_percent(cpu_mark)
     peak = sysinfo.peak_rss_bytes()  # before profiling, which loads the model again
@@ -227,6 +229,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_freq_start_mhz": freq_start,
         "cpu_freq_end_mhz": freq_end,
         "layers": layers[:20] if layers else None,
+        "energy": {"joules": energy.joules, "seconds": energy.seconds, "note": energy.note,
+                   "inferences": timings.warmup_runs + len(timings.samples_s)},
     }
     facts = _model_facts(model_path)
     facts["inputs"] = [s.__dict__ | {"shape": list(s.shape)} for s in inputs_spec]

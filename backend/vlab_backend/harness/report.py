@@ -18,6 +18,24 @@ DAIEDGE_KEYS = (
 )
 
 
+def energy_keys(energy: dict[str, Any] | None, flops: float | None) -> dict[str, Any]:
+    """`power_consumption` (W) and the dAIEdge `enery_efficiency` (operations per watt, i.e.
+    operations per joule: the model's FLOPs per inference times inferences per joule), ours
+    `energy_j` and `inferences_per_joule`, and `energy_note`: where the energy comes from, or
+    why there is none. `energy`: joules and seconds measured over `inferences` inferences."""
+    energy = energy or {}
+    joules, seconds = energy.get("joules"), energy.get("seconds")
+    inferences = energy.get("inferences") or 0
+    per_joule = inferences / joules if joules and inferences else None
+    return {
+        "power_consumption": joules / seconds if joules is not None and seconds else None,
+        "enery_efficiency": flops * per_joule if flops and per_joule else None,
+        "energy_j": joules,
+        "inferences_per_joule": per_joule,
+        "energy_note": energy.get("note") or "this target does not measure energy",
+    }
+
+
 def build_report(*, context: dict[str, Any], samples_s: list[float], measured: dict[str, Any],
                  model: dict[str, Any]) -> dict[str, Any]:
     """`context`: target/engine identity; `measured`: timings and memory; `model`: intake facts."""
@@ -46,6 +64,7 @@ def build_report(*, context: dict[str, Any], samples_s: list[float], measured: d
         "FLOPs": (flops / mean) if flops and mean else None,
         "inference_latency": {**latency, "samples": samples_s},
     })
+    report.update(energy_keys(measured.get("energy"), flops))
     report.update({
         "nb_inference": len(samples_s),
         "warmup_runs": measured["warmup_runs"],

@@ -10,13 +10,23 @@ from fastapi import APIRouter, HTTPException, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import or_, select
 
-from vlab_backend.api.deps import get_model_or_404, get_owned_model_or_404, submission_errors
+from vlab_backend.api.deps import (
+    get_dataset_or_404,
+    get_model_or_404,
+    get_owned_model_or_404,
+    submission_errors,
+)
 from vlab_backend.api.schemas import ERRORS, ModelDeleted, ModelList, StoredModelView, Visibility
 from vlab_backend.api.state import AppState, SessionDep, StateDep, UserDep
 from vlab_backend.api.uploads import safe_filename, save_upload
 from vlab_backend.api.views import model_view
 from vlab_backend.blobstore import sha256_file
-from vlab_backend.convert import ConversionError, convert, converted_name
+from vlab_backend.convert import (
+    ConversionError,
+    check_conversion,
+    convert_traced,
+    converted_name,
+)
 from vlab_backend.store.schema import Benchmark, StoredModel, User
 from vlab_backend.submission import (
     NAMELESS_MODEL_PART,
@@ -102,24 +112,37 @@ def list_models(session: SessionDep, user: UserDep, platform: str | None = None)
 @router.post("/api/models/convert", status_code=201)
 async def convert_model(state: StateDep, user: UserDep, resource_identifier: str,
                         convert_to: str, platform: str = "user_models",
-                        format: str | None = None) -> StoredModelView:
-    """Convert a model of the caller's library; the result is a new model in it."""
+                        format: str | None = None,
+                        dataset: str | None = None) -> StoredModelView:
+    """Convert a model of the caller's library; the result is a new model in it, with its
+    lineage (source model, conversion, tool, options). `dataset` (ours): the representative
+    dataset of an int8 conversion (`tflite_int8`), one of the caller's datasets."""
     return await run_in_threadpool(_convert, state, user, resource_identifier, convert_to,
-                                   format)
+                                   format, dataset)
 
 
 def _convert(state: AppState, user: User, ident: str, target: str,
-             declared_format: str | None) -> StoredModelView:
+             declared_format: str | None, dataset_name: str | None = None) -> StoredModelView:
     with state.db.session() as session:
         source = get_model_or_404(session, user, ident)
         source_path = state.scheduler.models.path(source.sha256)
         source_format, source_name = source.format, source.filename
+        source_sha = source.sha256
+        dataset_path = None
+        if dataset_name:
+            dataset_row = get_dataset_or_404(session, user, dataset_name)
+            dataset_path = state.scheduler.datasets.path(dataset_row.sha256)
     if declared_format and declared_format.lstrip(".").lower() != source_format:
         raise HTTPException(400, f"{ident} is a {source_format} model, not {declared_format}")
+    try:
+        check_conversion(source_format, target, dataset_path)
+    except ConversionError as exc:
+        raise HTTPException(400, str(exc)) from exc
     work = Path(tempfile.mkdtemp(dir=state.settings.tmp_dir, prefix="convert-"))
     try:
         try:
-            produced = convert(source_path, source_format, target, work)
+            produced, conversion = convert_traced(source_path, source_format, target, work,
+                                                  dataset_path)
         except ConversionError as exc:
             raise HTTPException(400, str(exc)) from exc
         name = converted_name(source_name, target)
@@ -127,9 +150,15 @@ def _convert(state: AppState, user: User, ident: str, target: str,
             info = intake_upload(produced, name, None, state.settings.max_model_bytes)
         except SubmissionError as exc:
             raise HTTPException(422, f"the converted model does not pass intake: {exc}") from exc
+        lineage = {
+            "source": ident, "source_filename": source_name, "source_format": source_format,
+            "source_sha256": source_sha, "conversion": target, "tool": conversion.tool,
+            "options": conversion.options | ({"dataset": dataset_name} if dataset_name
+                                             else {})}
         with state.db.session() as session:
             stored = store_model(session, state.scheduler.models, user, produced, name, info,
                                  sha256_file(produced))
+            stored.info = {**(stored.info or {}), "lineage": lineage}
             return model_view(stored, user)
     finally:
         shutil.rmtree(work, ignore_errors=True)
