@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(default=512 * 1024 * 1024, ge=1, le=MAX_UPLOAD_PART)
     max_dataset_bytes: int = Field(default=1024 * 1024 * 1024, ge=1, le=MAX_UPLOAD_PART)
     max_nb_inference: int = Field(default=DEFAULT_MAX_NB_INFERENCE, ge=1, le=10**9)
+    # Model conversions with an external tool (onnx2tf, tf2onnx: minutes and gigabytes each)
+    # running at once in this server; one more is answered 503 at once.
+    max_conversions: int = Field(default=1, ge=1, le=64)
     # Limits of the pipeline's steps, in seconds.
     timeout_support_s: int = Field(default=300, ge=1, le=MAX_STEP_S)
     timeout_build_s: int = Field(default=900, ge=1, le=MAX_STEP_S)

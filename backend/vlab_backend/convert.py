@@ -15,7 +15,10 @@
 
 onnx2tf and tf2onnx run in their own cached environment (`vlab_backend.toolenv`: onnx2tf
 pins TensorFlow, numpy and onnx to versions the server does not use), created once per
-machine (about 2.6 GB, a minute) on the first conversion that needs it.
+machine (about 2.6 GB, a minute) on the first conversion that needs it. Each run can take
+minutes and gigabytes: at most `VLAB_MAX_CONVERSIONS` of them run at once in a server
+(`conversion_slot`; the in-process ONNX conversions are cheap and not counted), and they start
+from the jobs' minimal environment (`tool_environment`), never the server's secrets.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,7 @@ from vlab_backend.archives import (
     safe_member_name,
 )
 from vlab_backend.errors import short_message
+from vlab_backend.pipeline.job import job_environment
 
 CONVERSIONS = ("onnx_opset<N>", "onnx_fp16", "openvino", "tflite", "tflite_int8", "onnx")
 # Conversions that need a representative dataset (`dataset=` of /api/models/convert).
@@ -57,10 +64,72 @@ TOOL_TIMEOUT_S = 900
 ONNX2TF_IMAGE_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 IR_XML = "model.xml"
 IR_BIN = "model.bin"
+# Conversions that run an external tool (onnx2tf, tf2onnx) in its own environment: minutes
+# and gigabytes each, hence limited (`conversion_slot`).
+EXTERNAL_TOOL_TARGETS = ("tflite", "tflite_int8", "onnx")
 
 
 class ConversionError(ValueError):
     """The conversion is unknown, does not apply to this model, or failed."""
+
+
+class ConverterBusy(RuntimeError):
+    """Every conversion slot is taken (HTTP 503): try again shortly."""
+
+    def __init__(self, running: int) -> None:
+        super().__init__(f"the converter is busy with {running} conversion(s); try again "
+                         "shortly")
+        self.running = running
+
+
+class ConversionSlots:
+    """At most `limit` external-tool conversions at once; taken without waiting."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._semaphore = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self.running = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """A slot for the block; ConverterBusy at once when none is free."""
+        if not self._semaphore.acquire(blocking=False):
+            with self._lock:
+                running = self.running
+            raise ConverterBusy(running or self.limit)
+        with self._lock:
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.running -= 1
+            self._semaphore.release()
+
+
+_slots: dict[int, ConversionSlots] = {}
+_slots_lock = threading.Lock()
+
+
+def conversion_slots(limit: int) -> ConversionSlots:
+    """This server process's slots for `limit` (`VLAB_MAX_CONVERSIONS`): one set per process."""
+    with _slots_lock:
+        if limit not in _slots:
+            _slots[limit] = ConversionSlots(limit)
+        return _slots[limit]
+
+
+@contextmanager
+def conversion_slot(target: str, limit: int) -> Iterator[None]:
+    """Hold one of the server's `limit` slots while a conversion to `target` runs, when it
+    runs an external tool (the in-process ONNX conversions take none). ConverterBusy when
+    every slot is taken: never waits."""
+    if target not in EXTERNAL_TOOL_TARGETS:
+        yield
+        return
+    with conversion_slots(limit).hold():
+        yield
 
 
 @dataclass
@@ -272,11 +341,21 @@ def _tool_env() -> tuple[Path, dict[str, str]]:
         python = ensure(ONNX2TF)
     except ToolEnvError as exc:
         raise ConversionError(str(exc)) from exc
-    env = {**os.environ, "PATH": f"{ONNX2TF.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONWARNINGS": "ignore"}
-    env.pop("PYTHONPATH", None)  # the server's packages must not shadow the tool's pins
-    return python, env
+    return python, tool_environment(ONNX2TF.bin_dir)
+
+
+def tool_environment(bin_dir: Path) -> dict[str, str]:
+    """The environment onnx2tf and tf2onnx run with: the jobs' minimal one (no token, no
+    database URL: `job_environment`), the tool environment's `bin` first on PATH, without the
+    server's PYTHONPATH and virtual environment (they must not shadow the tool's pins)."""
+    env = job_environment()
+    for name in ("PYTHONPATH", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    env.update({"PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', os.defpath)}",
+                "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3",
+                "PYTHONWARNINGS": "ignore"})
+    env.setdefault("HOME", str(Path.home()))
+    return env
 
 
 def _run_tool(command: list[str], env: dict[str, str], cwd: Path, what: str) -> None:

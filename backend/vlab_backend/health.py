@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -338,6 +339,21 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
+def _lock_instance(session: Session, uid: str) -> TargetInstance | None:
+    """The instance's row, locked until the transaction ends (fresh, not the cached one)."""
+    return session.scalar(select(TargetInstance).where(TargetInstance.uid == uid)
+                          .with_for_update().execution_options(populate_existing=True))
+
+
+def _pending(session: Session, uid: str) -> HealthCheck | None:
+    return session.scalar(select(HealthCheck).where(
+        HealthCheck.instance_uid == uid, HealthCheck.verdict == Verdict.PENDING).limit(1))
+
+
+def _engines_key(instance: TargetInstance) -> str:
+    return json.dumps(instance.engines, sort_keys=True, default=str)
+
+
 def check_view(check: HealthCheck) -> dict[str, Any]:
     """A check as the API shows it (without its samples)."""
     return {"id": check.id, "target_uid": check.instance_uid,
@@ -360,8 +376,13 @@ class HealthMonitor:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        # Instances without a reference model (reported once, not every round).
-        self._no_reference: set[str] = set()
+        # Instances without a reference model (reported once, not every round): uid -> the
+        # engines it had then and when. Tried again once its engines change or after the
+        # check interval.
+        self._no_reference: dict[str, tuple[str, datetime]] = {}
+        # Serialises this process's check-then-insert (the row lock serialises replicas on
+        # PostgreSQL; SQLite ignores it and pysqlite reads outside the write transaction).
+        self._asking = threading.Lock()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -400,7 +421,7 @@ class HealthMonitor:
         those due on the schedule. True when something changed."""
         changed = self.judge_ended()
         now = datetime.now(UTC)
-        with self.db.session() as session:
+        with self._asking, self.db.session() as session:
             instances = session.scalars(select(TargetInstance).where(
                 TargetInstance.enabled.is_(True)).order_by(TargetInstance.uid)).all()
             latest: dict[str, datetime] = {uid: last for uid, last in session.execute(
@@ -413,41 +434,75 @@ class HealthMonitor:
             busy_hosts = {i.host for i in instances if i.uid in open_checks}
             interval = timedelta(hours=self.settings.health_check_interval_h)
             for instance in instances:
-                if instance.uid in open_checks or instance.uid in self._no_reference \
+                if instance.uid in open_checks or self._lacks_reference(instance, now, interval) \
                         or instance.host in busy_hosts:
                     continue
-                last = latest.get(instance.uid)
-                if last is None:
-                    if not self.settings.health_check_on_join:
-                        continue
-                    reason = "joined"
-                elif interval and _aware(last) + interval <= now:
-                    reason = "scheduled"
-                else:
+                reason = self._due(latest.get(instance.uid), now, interval)
+                if reason is None:
+                    continue
+                # Check-then-insert under the instance's row lock: another replica's monitor
+                # or an on-demand request may have asked for a check since the reads above.
+                locked = _lock_instance(session, instance.uid)
+                if locked is None or not locked.enabled:
+                    session.commit()  # releases the lock
+                    continue
+                if _pending(session, instance.uid) is not None:  # asked for meanwhile
+                    busy_hosts.add(instance.host)
+                    session.commit()
+                    continue
+                reason = self._due(session.scalar(select(func.max(HealthCheck.created_at))
+                                                  .where(HealthCheck.instance_uid
+                                                         == instance.uid)), now, interval)
+                if reason is None:
+                    session.commit()
                     continue
                 try:
                     self._request(session, instance, reason=reason)
                     busy_hosts.add(instance.host)
+                    self._no_reference.pop(instance.uid, None)
                     changed = True
                 except HealthError as exc:
                     log.warning("no health check for %s: %s", instance.uid, exc)
-                    self._no_reference.add(instance.uid)
+                    self._no_reference[instance.uid] = (_engines_key(instance), now)
                     self._mark_error(session, instance, str(exc))
                     changed = True
+                session.commit()  # releases the lock (one instance at a time)
         return changed
+
+    def _due(self, last: datetime | None, now: datetime, interval: timedelta) -> str | None:
+        """Why an instance whose latest check was created at `last` needs one (None: not)."""
+        if last is None:
+            return "joined" if self.settings.health_check_on_join else None
+        if interval and _aware(last) + interval <= now:
+            return "scheduled"
+        return None
+
+    def _lacks_reference(self, instance: TargetInstance, now: datetime,
+                         interval: timedelta) -> bool:
+        """Whether the instance was found without a reference model and nothing changed
+        since: same engines, within the check interval. A stale entry is dropped."""
+        entry = self._no_reference.get(instance.uid)
+        if entry is None:
+            return False
+        engines, since = entry
+        if engines == _engines_key(instance) and (not interval or since + interval > now):
+            return True
+        del self._no_reference[instance.uid]
+        return False
 
     def request(self, uid: str, rebaseline: bool = False, reason: str = "on demand",
                 ) -> dict[str, Any]:
         """Ask for a check of instance `uid` now (or return the one that is still open);
         raises HealthError for an unknown instance or one without a reference model."""
-        with self.db.session() as session:
-            instance = session.get(TargetInstance, uid)
+        with self._asking, self.db.session() as session:
+            # "No pending check, so create one" is atomic: the row lock across replicas
+            # (PostgreSQL), `_asking` within this process (SQLite has one server).
+            instance = _lock_instance(session, uid)
             if instance is None:
                 raise HealthError(f"unknown target instance {uid!r}")
             if not instance.enabled:
                 raise HealthError(f"target instance {uid} is not available ({instance.state})")
-            check = session.scalar(select(HealthCheck).where(
-                HealthCheck.instance_uid == uid, HealthCheck.verdict == Verdict.PENDING))
+            check = _pending(session, uid)
             if check is None:
                 check = self._request(session, instance, reason=reason, rebaseline=rebaseline)
             elif rebaseline and not check.rebaseline:

@@ -34,6 +34,7 @@ from daiedge_vlab.fl import (
     TrainingConfig,
 )
 from onnx import TensorProto, helper
+from sqlalchemy import select
 
 from tests.server import LiveServer, add_user
 
@@ -556,3 +557,43 @@ def test_an_experiment_resumes_after_a_crash(tmp_path: Path) -> None:
         assert all(r["aggregated_clients"] for r in report["rounds_results"])
     finally:
         live.stop()
+
+
+def test_a_refused_experiment_never_deletes_a_dataset_someone_may_use(tmp_path: Path) -> None:
+    """The datasets of a refused experiment go, except a public one, and one another user's
+    unfinished benchmark still reads."""
+    from types import SimpleNamespace
+
+    from vlab_backend.api.routes.federated import _forget_datasets
+    from vlab_backend.store.database import Database
+    from vlab_backend.store.schema import Benchmark, Dataset, StoredModel, User
+
+    db = Database(f"sqlite:///{tmp_path / 'vlab.db'}")
+    db.migrate()
+    names = {key: f"client_1_{key}_d1.bin_{char * 64}" for key, char in (
+        ("train_input", "a"), ("train_target", "b"), ("test_input", "c"), ("test_target", "d"))}
+    with db.session() as session:
+        session.add_all([User(id=1, email="a@lab.example"), User(id=2, email="b@lab.example")])
+        session.flush()
+        session.add(StoredModel(id=1, owner_id=2, sha256="e" * 64, filename="m.onnx",
+                                format="onnx", size=1))
+        session.flush()
+        for key, name in names.items():
+            session.add(Dataset(owner_id=1, name=name, sha256=name[-64:], size=4,
+                                public=key == "train_target"))
+        session.add(Benchmark(id="theirs", owner_id=2, target_type="t", engine="e",
+                              benchmark_type="TYPE2", nb_inference=1, model_id=1,
+                              model_filename="m.onnx", model_sha256="e" * 64,
+                              dataset_name=names["test_input"], status="running"))
+    raw = {"clients": [{"odt_config": {
+        "input": {"train_file": names["train_input"], "test_file": names["test_input"]},
+        "output": {"train_file": names["train_target"], "test_file": names["test_target"]}}}]}
+    state = SimpleNamespace(db=db, scheduler=SimpleNamespace(
+        datasets=SimpleNamespace(remove=lambda _sha: None)))
+    user = SimpleNamespace(id=1)
+    deleted = _forget_datasets(state, user, raw)  # type: ignore[arg-type]
+    assert sorted(deleted) == sorted([names["train_input"], names["test_target"]])
+    with db.session() as session:
+        assert sorted(session.scalars(select(Dataset.name))) == sorted(
+            [names["train_target"], names["test_input"]])
+    db.dispose()

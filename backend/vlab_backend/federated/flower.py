@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from vlab_backend import toolenv
+from vlab_backend.pipeline.job import job_environment
 from vlab_backend.toolenv import FLOWER
 
 FLWR_VERSION = FLOWER.version
@@ -84,6 +85,19 @@ class StrategyParams:
     min_available_clients: int = 1
 
 
+def worker_environment() -> dict[str, str]:
+    """The Flower worker's environment: the jobs' minimal one (no token, no database URL:
+    `job_environment`) without the server's PYTHONPATH and virtual environment (Flower's own
+    pins come first), quiet warnings."""
+    env = job_environment()
+    for name in ("PYTHONPATH", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    env["PYTHONWARNINGS"] = "ignore"
+    env.setdefault("PATH", os.defpath)
+    env.setdefault("HOME", str(Path.home()))
+    return env
+
+
 def aggregate(round_number: int, params: StrategyParams, fits: Sequence[FitUpdate],
               evaluations: Sequence[Evaluation], failures: int = 0,
               python: Path | None = None) -> Aggregate:
@@ -108,7 +122,7 @@ def aggregate(round_number: int, params: StrategyParams, fits: Sequence[FitUpdat
         np.savez(request, **arrays)  # type: ignore[arg-type]
         done = subprocess.run([str(python), str(WORKER), str(request), str(answer)],
                               capture_output=True, text=True, timeout=AGGREGATE_TIMEOUT_S,
-                              check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                              check=False, env=worker_environment())
         if done.returncode != 0 or not answer.is_file():
             tail = " ".join(done.stderr.strip().splitlines()[-3:])
             raise FlowerError(f"Flower's FedAvg failed (exit {done.returncode}): {tail}")

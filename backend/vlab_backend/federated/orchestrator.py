@@ -83,6 +83,15 @@ def job_name(experiment_id: str) -> str:
     return f"FL {experiment_id} "
 
 
+def job_tag(experiment_id: str) -> str:
+    """The tag every benchmark an experiment submits carries (names are user-editable)."""
+    return f"fl-{experiment_id}"
+
+
+class ClaimLost(Exception):
+    """This replica no longer holds the experiment's claim: stop driving it, write nothing."""
+
+
 def experiment_event(row: FLExperimentRow, **extra: Any) -> dict[str, Any]:
     """What the hub carries about an experiment (live views)."""
     return {"event": "fl", "status": row.status, "round": row.current_round,
@@ -219,6 +228,7 @@ class Orchestrator:
             # Not forever: the task also stops by itself at its next wait (`_canceled`).
             await asyncio.wait({task}, timeout=CANCEL_WAIT_S)
         await self._cancel_jobs(experiment_id)  # any it submitted meanwhile
+        await asyncio.to_thread(self._remove_subsets, experiment_id)
         return Status.CANCELED
 
     def _mark_canceled(self, experiment_id: str) -> str:
@@ -232,12 +242,24 @@ class Orchestrator:
             return Status.CANCELED
 
     async def _cancel_jobs(self, experiment_id: str) -> None:
-        with self.db.session() as session:
-            ids = list(session.scalars(select(Benchmark.id).where(
-                Benchmark.name.startswith(job_name(experiment_id)),
-                Benchmark.status.in_(UNFINISHED_STATUSES))))
-        for bench_id in ids:
+        for bench_id in await asyncio.to_thread(self._unfinished_jobs, experiment_id):
             await self.scheduler.cancel(bench_id)
+
+    def _unfinished_jobs(self, experiment_id: str) -> list[str]:
+        """The experiment's client jobs still in flight: the owner's unfinished benchmarks
+        tagged `fl-<id>` (or, for ones whose tags were edited, still named `FL <id> ...`)."""
+        tag = job_tag(experiment_id)
+        with self.db.session() as session:
+            owner_id = session.scalar(select(FLExperimentRow.owner_id).where(
+                FLExperimentRow.id == experiment_id))
+            if owner_id is None:
+                return []
+            rows = session.execute(select(Benchmark.id, Benchmark.name, Benchmark.tags).where(
+                Benchmark.owner_id == owner_id,
+                Benchmark.status.in_(UNFINISHED_STATUSES))).all()
+        return [bench_id for bench_id, name, tags in rows
+                if (isinstance(tags, list) and tag in tags)
+                or (name or "").startswith(job_name(experiment_id))]
 
     # -- the experiment --------------------------------------------------------------------
     async def _run(self, experiment_id: str) -> None:
@@ -246,10 +268,33 @@ class Orchestrator:
         except asyncio.CancelledError:
             if not self._stopping and experiment_id not in self._lost:
                 await self._cancel_jobs(experiment_id)
+                await self._clean_if_ended(experiment_id)
             raise
+        except ClaimLost:
+            self._claim_lost(experiment_id)
         except Exception as exc:  # the experiment fails with the reason; the server goes on
             log.exception("federated-learning experiment %s failed", experiment_id)
-            await asyncio.to_thread(self._finish, experiment_id, Status.FAILED, str(exc))
+            try:
+                await self._cancel_jobs(experiment_id)  # no client job outlives it
+            except Exception:
+                log.exception("could not cancel the client jobs of experiment %s",
+                              experiment_id)
+            try:
+                await asyncio.to_thread(self._finish, experiment_id, Status.FAILED, str(exc))
+            except ClaimLost:
+                self._claim_lost(experiment_id)
+        else:  # ended, or found ended (canceled, finished elsewhere): no subset outlives it
+            await self._clean_if_ended(experiment_id)
+
+    def _claim_lost(self, experiment_id: str) -> None:
+        log.warning("experiment %s is no longer claimed by this replica (%s): it stops "
+                    "driving it", experiment_id, self.replica_id)
+        self._lost.add(experiment_id)
+
+    async def _clean_if_ended(self, experiment_id: str) -> None:
+        """Remove the experiment's per-round subsets once it is terminal."""
+        if await asyncio.to_thread(self._ended, experiment_id):
+            await asyncio.to_thread(self._remove_subsets, experiment_id)
 
     async def _rounds(self, experiment_id: str) -> None:
         row = await asyncio.to_thread(self._snapshot, experiment_id)
@@ -528,10 +573,17 @@ class Orchestrator:
                 raise RuntimeError(f"the experiment's model {model_id} is gone")
             return self.models.path(model.sha256).read_bytes()
 
+    def _claimed_row(self, session: Any, experiment_id: str) -> FLExperimentRow:
+        """The experiment's row, locked, if this replica still holds its claim; else
+        ClaimLost (nothing may be written)."""
+        row = session.get(FLExperimentRow, experiment_id, with_for_update=True)
+        if row is None or row.claimed_by != self.replica_id:
+            raise ClaimLost(experiment_id)
+        return row
+
     def _mark_running(self, experiment_id: str) -> None:
         with self.db.session() as session:
-            row = session.get(FLExperimentRow, experiment_id)
-            assert row is not None
+            row = self._claimed_row(session, experiment_id)
             if row.status == Status.PENDING:
                 row.status = Status.RUNNING
                 row.started_at = datetime.now(UTC)
@@ -539,9 +591,13 @@ class Orchestrator:
 
     def _set_round(self, experiment_id: str, round_number: int) -> None:
         with self.db.session() as session:
-            row = session.get(FLExperimentRow, experiment_id)
-            assert row is not None
-            row.current_round = round_number
+            done = session.execute(
+                update(FLExperimentRow).where(FLExperimentRow.id == experiment_id,
+                                              FLExperimentRow.claimed_by == self.replica_id)
+                .values(current_round=round_number)
+                .execution_options(synchronize_session=False))
+            if getattr(done, "rowcount", 1) == 0:
+                raise ClaimLost(experiment_id)
 
     def _publish(self, experiment_id: str, round_number: int, phase: str,
                  **extra: Any) -> None:
@@ -551,8 +607,7 @@ class Orchestrator:
     def _save_round(self, experiment_id: str, results: dict[str, Any], global_id: int,
                     global_sha: str, record: dict[str, Any]) -> None:
         with self.db.session() as session:
-            row = session.get(FLExperimentRow, experiment_id)
-            assert row is not None
+            row = self._claimed_row(session, experiment_id)
             row.results = json.loads(json.dumps(results))  # a new object: the JSON is saved
             row.global_model_id, row.global_model_sha256 = global_id, global_sha
             self.hub.publish(row.id, experiment_event(
@@ -569,19 +624,26 @@ class Orchestrator:
     def _finish(self, experiment_id: str, status: Status, message: str,
                 results: dict[str, Any] | None = None) -> None:
         with self.db.session() as session:
-            row = session.get(FLExperimentRow, experiment_id)
+            row = session.get(FLExperimentRow, experiment_id, with_for_update=True)
             if row is None or row.is_terminal:
                 return
+            if row.claimed_by != self.replica_id:
+                raise ClaimLost(experiment_id)
             if results is not None:
                 row.results = json.loads(json.dumps(results))
             self._finish_row(row, status, message)
         self._remove_subsets(experiment_id)
 
     def _remove_subsets(self, experiment_id: str) -> None:
-        """The reduced datasets made for this experiment's rounds."""
+        """The reduced datasets made for this experiment's rounds (datasets of its owner)."""
         with self.db.session() as session:
-            rows = session.scalars(select(Dataset).where(
-                Dataset.name.startswith(f"fl-{experiment_id}-"))).all()
+            owner_id = session.scalar(select(FLExperimentRow.owner_id).where(
+                FLExperimentRow.id == experiment_id))
+            query = select(Dataset).where(Dataset.name.startswith(f"fl-{experiment_id}-",
+                                                                  autoescape=True))
+            if owner_id is not None:
+                query = query.where(Dataset.owner_id == owner_id)
+            rows = session.scalars(query).all()
             for dataset in rows:
                 delete_stored(session, dataset, self.datasets)
 
@@ -631,7 +693,7 @@ class Orchestrator:
                              benchmark_type="TYPE3", nb_inference=1, odt=True,
                              name=f"{job_name(row.id)}round {round_number} "
                                   f"{client.client_id} train",
-                             tags=["fl", f"fl-{row.id}"])
+                             tags=["fl", job_tag(row.id)])
         check_request(session, request, self.max_nb_inference)
         for section in ("input", "output"):
             for key in ("train_file", "test_file"):
@@ -667,7 +729,7 @@ class Orchestrator:
                                          dataset_name=dataset.name,
                                          name=f"{job_name(row.id)}round {round_number} "
                                               f"{client.client_id} evaluate",
-                                         tags=["fl", f"fl-{row.id}"])
+                                         tags=["fl", job_tag(row.id)])
                     check_request(session, request, self.max_nb_inference)
                 except (SubmissionError, RuntimeError) as exc:
                     refused[client.client_id] = f"its evaluation job was refused: {exc}"

@@ -133,21 +133,35 @@ def _offer_row(host: Host, config: InstanceConfig) -> dict[str, Any]:
             "enabled": host.state == READY}
 
 
-def _upsert_instances(session: Session, host: Host, instances: list[InstanceConfig]) -> None:
+def _upsert_instances(session: Session, host: Host, instances: list[InstanceConfig],
+                      admin: bool) -> None:
     table = TargetInstance.__table__
-    for config in sorted(instances, key=lambda i: i.uid):
-        values = _offer_row(host, config)
-        insert = _insert(session, TargetInstance).values(uid=config.uid, **values)
+    if admin:
         # Free to take: its own, one nothing declares, or an inventory entry (resources API)
         # waiting for a host. Anything else belongs to another host or to `--targets`.
         free = or_(table.c.host_id == host.id, table.c.state == DETACHED,
                    and_(table.c.host_id.is_(None), table.c.enabled.is_(False)))
+    else:
+        # A host with its own credential: its own instances, and those it declared before
+        # and dropped (detached, still named after it); a brand-new uid is inserted. Another
+        # host's detached instance or an inventory entry is bound by an administrator only.
+        free = or_(table.c.host_id == host.id,
+                   and_(table.c.host_id.is_(None), table.c.state == DETACHED,
+                        table.c.host == host.name))
+    for config in sorted(instances, key=lambda i: i.uid):
+        values = _offer_row(host, config)
+        insert = _insert(session, TargetInstance).values(uid=config.uid, **values)
         taken = session.execute(insert.on_conflict_do_update(
             index_elements=[table.c.uid], set_=values, where=free,
         ).returning(table.c.uid)).scalar()
         if taken is None:
-            owner = session.scalar(select(TargetInstance.host).where(
-                TargetInstance.uid == config.uid)) or "another host"
+            found = session.execute(select(TargetInstance.host, TargetInstance.host_id).where(
+                TargetInstance.uid == config.uid)).one_or_none()
+            if not admin and found is not None and found.host_id is None:
+                raise RegistrationConflict(
+                    f"target {config.uid} is an unbound (detached or inventory) instance: only "
+                    "an administrator's registration may bind it to a host")
+            owner = (found.host if found is not None else "") or "another host"
             raise RegistrationConflict(
                 f"target {config.uid} is already declared by {owner}; target_uids must be "
                 "unique across the cluster")
@@ -163,10 +177,13 @@ def _detach(row: TargetInstance) -> None:
     row.host_id, row.state, row.enabled = None, DETACHED, False
 
 
-def register_host(session: Session, registration: Registration) -> Host:
+def register_host(session: Session, registration: Registration, *,
+                  admin: bool = False) -> Host:
     """Create or update the host and upsert the instances its target configuration declares
     (those it no longer declares are detached). Idempotent: the same registration again
-    changes nothing, and the host keeps its mesh address."""
+    changes nothing, and the host keeps its mesh address. `admin`: an administrator's
+    registration, which may also bind detached instances of other hosts and inventory
+    entries; a host's own (host credential) binds only its own and brand-new uids."""
     if registration.role not in ROLES:
         raise RegistrationError(f"role must be one of {', '.join(ROLES)}")
     instances = (parse_registered_config(registration.target_config)
@@ -181,7 +198,7 @@ def register_host(session: Session, registration: Registration) -> Host:
         host.target_config = registration.target_config or {}
         host.targets = [i.uid for i in instances]
         session.flush()
-        _upsert_instances(session, host, instances)
+        _upsert_instances(session, host, instances, admin)
     session.flush()
     return host
 

@@ -550,8 +550,15 @@ async def events(bench_id: str, state: StateDep, user: UserDep) -> StreamingResp
             yield sse.message({"id": bench.id, **benchmark_event(bench)})
             if bench.is_terminal:
                 return
+            async def reread() -> dict[str, Any]:
+                current = await run_in_threadpool(_visible, state, user, bench_id)
+                return benchmark_event(current)
+
+            # Another replica may follow the job: its events reach this one through the
+            # database only (once a second on a shared store).
             async for chunk in sse.relay(queue, lambda event: event, lambda event: (
-                    event.get("event") == "status" and event.get("status") in TERMINAL_STATUSES)):
+                    event.get("event") == "status" and event.get("status") in TERMINAL_STATUSES),
+                    reread=reread, reread_s=1.0 if state.scheduler.shared else sse.KEEP_ALIVE_S):
                 yield chunk
 
     return sse.event_stream(stream())

@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import APIRouter, FastAPI, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from vlab_backend.api import sse
@@ -38,6 +38,7 @@ from vlab_backend.intake import ModelInfo
 from vlab_backend.odt import ConfigError, sample_bytes
 from vlab_backend.store.schema import (
     TERMINAL_STATUSES,
+    UNFINISHED_STATUSES,
     Benchmark,
     Dataset,
     FLExperimentRow,
@@ -109,18 +110,22 @@ def _forget_datasets(state: AppState, user: User, raw: Any) -> list[str]:
     deleted = []
     with state.db.session() as session:
         used: set[str] = set()
-        for bench in session.scalars(select(Benchmark).where(Benchmark.owner_id == user.id)):
+        # The caller's benchmarks and experiments, and anyone's unfinished ones (a public
+        # dataset, or one named alike, may be in use by another user's job).
+        for bench in session.scalars(select(Benchmark).where(or_(
+                Benchmark.owner_id == user.id, Benchmark.status.in_(UNFINISHED_STATUSES)))):
             used.add(bench.dataset_name or "")
             odt = bench.odt_config or {}
             used.update(str(odt.get(s, {}).get(k)) for s in ("input", "output")
                         for k in ("train_file", "test_file") if isinstance(odt.get(s), dict))
-        for config in session.scalars(select(FLExperimentRow.config).where(
-                FLExperimentRow.owner_id == user.id)):
+        for config in session.scalars(select(FLExperimentRow.config).where(or_(
+                FLExperimentRow.owner_id == user.id,
+                FLExperimentRow.status.in_(UNFINISHED_STATUSES)))):
             used.update(_referenced(config))
         for ref in sorted(refs - used):
             row = session.scalar(select(Dataset).where(Dataset.owner_id == user.id,
                                                        Dataset.name == ref))
-            if row is not None:
+            if row is not None and not row.public:  # a public dataset may serve anyone
                 delete_stored(session, row, state.scheduler.datasets)
                 deleted.append(ref)
     return deleted
@@ -380,8 +385,15 @@ async def fl_events(experiment_id: str, state: StateDep, user: UserDep) -> Strea
             yield sse.message({"id": row.id, **experiment_event(row)})
             if row.is_terminal:
                 return
+            async def reread() -> dict[str, Any]:
+                current = await run_in_threadpool(_experiment, state, user, experiment_id)
+                return experiment_event(current)
+
+            # Another replica may drive the experiment: its events reach this one through
+            # the database only (once a second on a shared store).
             async for chunk in sse.relay(queue, lambda event: event, lambda event: (
-                    event.get("status") in TERMINAL_STATUSES)):
+                    event.get("status") in TERMINAL_STATUSES), reread=reread,
+                    reread_s=1.0 if state.scheduler.shared else sse.KEEP_ALIVE_S):
                 yield chunk
 
     return sse.event_stream(stream())

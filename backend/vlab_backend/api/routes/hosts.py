@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
@@ -28,7 +28,7 @@ from vlab_backend.auth import (
     host_of_credential,
     issue_host_credential,
 )
-from vlab_backend.hosts.mesh import valid_public_key
+from vlab_backend.hosts.mesh import MAX_ENDPOINT, valid_endpoint, valid_public_key
 from vlab_backend.hosts.registry import (
     HOST_STATES,
     ROLES,
@@ -59,14 +59,24 @@ class HostRegistration(BaseModel):
 
     name: str = Field(max_length=200)
     public_key: str = Field(max_length=64)
-    endpoint: str = Field(default="", max_length=300, description="public HOST:PORT of its "
-                                                                  "WireGuard")
+    endpoint: str = Field(default="", max_length=MAX_ENDPOINT,
+                          description="public HOST:PORT of its WireGuard (a DNS name, an IPv4 "
+                                      "address or [IPv6], port 1-65535); empty: it dials out")
     role: Role | None = Field(default=None, description="default: 'targets' when `minimal`, "
                                                         "else 'services'")
     minimal: bool = False
     target_config: dict[str, Any] | None = None
     targets: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list,
                                                                   max_length=10_000)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        # It is written into every peer's WireGuard configuration: HOST:PORT and nothing else.
+        if value and not valid_endpoint(value):
+            raise ValueError("must be HOST:PORT (a DNS name, an IPv4 address or [IPv6], port "
+                             "1-65535), without whitespace or control characters")
+        return value
 
 
 class HostDetail(HostView):
@@ -152,7 +162,7 @@ def register(body: HostRegistration, state: StateDep, caller: CallerDep) -> Host
         try:
             # A transaction per attempt, hence no request session here.
             with state.db.session() as session:
-                host = register_host(session, registration)
+                host = register_host(session, registration, admin=caller.host is None)
                 token = issue_host_credential(host) if caller.host is None else None
                 session.flush()
                 answer = host_detail(session, host, token)

@@ -23,7 +23,9 @@ from vlab_backend.api.views import model_view
 from vlab_backend.blobstore import sha256_file
 from vlab_backend.convert import (
     ConversionError,
+    ConverterBusy,
     check_conversion,
+    conversion_slot,
     convert_traced,
     converted_name,
 )
@@ -141,8 +143,12 @@ def _convert(state: AppState, user: User, ident: str, target: str,
     work = Path(tempfile.mkdtemp(dir=state.settings.tmp_dir, prefix="convert-"))
     try:
         try:
-            produced, conversion = convert_traced(source_path, source_format, target, work,
-                                                  dataset_path)
+            # onnx2tf and tf2onnx: at most VLAB_MAX_CONVERSIONS at once, never queued.
+            with conversion_slot(target, state.settings.max_conversions):
+                produced, conversion = convert_traced(source_path, source_format, target,
+                                                      work, dataset_path)
+        except ConverterBusy as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "30"}) from exc
         except ConversionError as exc:
             raise HTTPException(400, str(exc)) from exc
         name = converted_name(source_name, target)
