@@ -213,8 +213,24 @@ def _summary(report: dict[str, Any], metrics: dict[str, Any] | None = None) -> s
         f"{_sig3((report.get('flops') or 0) / 1e6)} MFLOPs/inference",
         f"  startup  load {_sig3(report['init_time_s'], MS)} ms  first inference "
         f"{_sig3(report['first_inference_s'], MS)} ms",
+        *_board(report),
         *_noise(report, metrics or {}),
     ])
+
+
+def _board(report: dict[str, Any]) -> list[str]:
+    """A microcontroller board's own figures: flash and tensor arena against its budgets,
+    and its own timing beside the host's."""
+    if report.get("flash_usage_bytes") is None:
+        return []
+    board = report.get("board") or {}
+    board_latency = (board.get("inference_latency") or {}).get("median")
+    return [
+        f"  board    flash {report['flash_usage_bytes']:,} B "
+        f"({_sig3(report.get('flash_usage'))} % of {report.get('flash_size') or 0:,} B)  "
+        f"arena {report.get('ram_peak_usage_bytes') or 0:,} B "
+        f"({_sig3(report.get('ram_peak'))} % of {report.get('ram_size') or 0:,} B)  "
+        f"median on the board {_sig3(board_latency, MS)} ms"]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -25,6 +25,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.models import tflite_zoo
 from tests.server import LiveServer, wait_terminal
+from vlab_kernel.cli import _summary
+from vlab_kernel.units import sig3
+from vlab_widgets.run_page import key_figures
 
 # The first run on a machine also creates the cached environments (a minute or more).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -181,6 +184,14 @@ def test_an_int8_model_converted_in_the_lab_runs_on_the_m4(lab: LiveServer,
     assert report["inference_latency"]["median"] >= board["inference_latency"]["median"]
     assert report["engine_version"].startswith("0.dev")  # tflite-micro's own version
     assert report["power_consumption"] is None and report["energy_note"]
+    # What a person sees: the board's figures in `vlab bench`'s summary and on the run page.
+    board_line = next(line for line in _summary(report).splitlines()
+                      if line.startswith("  board"))
+    assert f"flash {report['flash_usage_bytes']:,} B" in board_line
+    assert f"arena {arena:,} B" in board_line and "of 262,144 B" in board_line
+    figures = key_figures(report).set_index("figure")["value"]
+    assert figures["tensor arena used"] == sig3(arena / 1024)
+    assert figures["flash used"] == sig3(report["flash_usage_bytes"] / 1024)
 
 
 def test_a_model_too_big_for_a_profile_fails_naming_the_budget(lab: LiveServer,

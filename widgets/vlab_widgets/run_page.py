@@ -45,6 +45,11 @@ KEY_FIGURES: list[tuple[str, tuple[str, ...], float, str]] = [
     ("model load", ("cold_start", "load_s"), MS, "ms"),
     ("first inference", ("cold_start", "first_inference_s"), MS, "ms"),
     ("timed inferences", ("nb_inference",), 1, ""),
+    # Microcontroller boards: the model as stored in flash, the tensor arena actually used,
+    # and the board's own timing.
+    ("flash used", ("flash_usage_bytes",), 1 / 1024, "KiB"),
+    ("tensor arena used", ("ram_peak_usage_bytes",), 1 / 1024, "KiB"),
+    ("median latency on the board", ("board", "inference_latency", "median"), MS, "ms"),
 ]
 
 
