@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.nomad_feasibility import node_from_client_config
 from tests.server import LiveServer
 from vlab_backend.hosts.mesh import public_key_of
 from vlab_backend.hosts.sdk import init_host
@@ -35,6 +36,9 @@ def test_init_writes_the_nomad_client_config_and_keys(tmp_path: Path) -> None:
     assert 'node_pool = "vlab-targets"' in hcl and balanced(hcl)
     assert 'vlab_targets = "host-cpu-gamma-0"' in hcl and 'vlab_role    = "targets"' in hcl
     assert 'vlab_host    = "gamma"' in hcl
+    # The Nomad node takes the registered name, whatever the machine's hostname: the lab maps
+    # Nomad's node list (status, drains) to hosts by it.
+    assert node_from_client_config(hcl, "some-hostname")["Name"] == "gamma"
     # Every host: its own directory as the VPN task's read-only volume, NET_ADMIN allowed.
     assert f'host_volume "vlab-host" {{\n    path      = "{tmp_path.resolve()}"\n    ' \
         'read_only = true' in hcl

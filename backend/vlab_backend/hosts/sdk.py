@@ -164,6 +164,9 @@ def nomad_client_config(name: str, targets: list[str], minimal: bool = False,
                     f"    interface = {_hcl_string(public_interface())}\n  }}\n")
     return f"""# Nomad client configuration written by `vlab host init` for {name} (role {role}).
 # Include it in the client's configuration (e.g. copy it into /etc/nomad.d/).
+# The node is named as the host registered, so that the lab maps Nomad's node list (node
+# status, drains) to this host whatever its hostname.
+name = {_hcl_string(name)}
 {mesh_agent_config(mesh_address)}
 client {{
   enabled   = true
