@@ -57,10 +57,12 @@ def test_the_queue_follows_runs_live_with_cancel_and_open(fresh_server: LiveServ
             r["status"] == "running" for r in queue.runs) == instances)
         waiting = [r for r in queue.runs if r["status"] == "pending"]
         assert len(waiting) == 1
-        assert queue._where[waiting[0]["id"]].startswith("#1 of your 1 waiting")
+        wait_for(lambda: queue._where.get(waiting[0]["id"], "").startswith(
+            "#1 of your 1 waiting"))
         running = next(r["id"] for r in queue.runs if r["status"] == "running")
         # Progress comes live from the run's own stream.
-        wait_for(lambda: "/" in queue._progress[running].value)
+        # (the row and its progress cell appear with the queue's next redraw)
+        wait_for(lambda: "/" in getattr(queue._progress.get(running), "value", ""))
         wait_for(lambda: set(queue.cancel_buttons) == set(queue.open_buttons) == set(ids))
 
         wait_for(lambda: running in queue.open_buttons)
