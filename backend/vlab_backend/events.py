@@ -6,7 +6,12 @@ import asyncio
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
+
+from sqlalchemy.orm import Session
+
+from vlab_backend.store.database import after_commit
 
 ALL = "*"
 
@@ -34,6 +39,11 @@ class EventHub:
             self._deliver(benchmark_id, event)
         else:
             loop.call_soon_threadsafe(self._deliver, benchmark_id, event)
+
+    def publish_on_commit(self, session: Session, key: str, event: dict[str, Any]) -> None:
+        """Publish `event` (built now, from the rows as the session has them) once the
+        session commits: a client that reads the database on the event sees the change."""
+        after_commit(session, partial(self.publish, key, event))
 
     def _deliver(self, benchmark_id: str, event: dict[str, Any]) -> None:
         payload = {"id": benchmark_id, **event}

@@ -148,8 +148,9 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _publish(self, bench: Benchmark) -> None:
-        self.hub.publish(bench.id, benchmark_event(bench))
+    def _publish(self, session: Session, bench: Benchmark) -> None:
+        """The benchmark's event, as it is now, once the session commits."""
+        self.hub.publish_on_commit(session, bench.id, benchmark_event(bench))
 
     def _lease(self) -> datetime:
         """Until when a claim made or renewed now holds."""
@@ -318,7 +319,7 @@ class Scheduler:
                 bench.status = Status.RUNNING
             instance = session.get(TargetInstance, spec.target_uid)
             self._note_start(bench_id, instance.host if instance else "localhost")
-            self._publish(bench)
+            self._publish(session, bench)
         if bench_id in self._canceling:
             await self.runner.cancel(ref)
         await self._follow(bench_id, ref)
@@ -466,7 +467,7 @@ class Scheduler:
                 bench.progress_phase = "done"
                 bench.progress_done = bench.progress_total = outcome.metrics.get(
                     "nb_inference") or bench.progress_total
-            self._publish(bench)
+            self._publish(session, bench)
         self.wake()
         self.health.wake()
 
@@ -499,7 +500,7 @@ class Scheduler:
             bench = session.scalar(select(Benchmark).where(Benchmark.id == bench_id))
             assert bench is not None
             if stopped:
-                self._publish(bench)
+                self._publish(session, bench)
                 return bench.status
             if bench.is_terminal:
                 return bench.status

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from vlab_backend.events import EventHub
 from vlab_backend.federated.orchestrator import ClaimLost, Orchestrator
@@ -196,3 +196,21 @@ def test_a_replica_that_lost_the_claim_writes_nothing_and_stops(db: Database,
     me._set_round("mine", 2)  # its own claim: written
     with db.session() as session:
         assert session.get(FLExperimentRow, "mine").current_round == 2  # type: ignore[union-attr]
+
+
+def test_the_end_of_a_canceled_experiment_is_announced_once_it_can_be_read(
+        db: Database, tmp_path: Path) -> None:
+    """A view stops following at the terminal event and reads the results: they must say
+    canceled by then."""
+    me, _ = driver(db, tmp_path)
+    seen: list[tuple[str, str]] = []
+
+    def publish(key: str, event: dict[str, object]) -> None:
+        with db.engine.connect() as other:
+            stored = other.execute(select(FLExperimentRow.status).where(
+                FLExperimentRow.id == key)).scalar_one()
+        seen.append((str(event["status"]), stored))
+
+    me.hub.publish = publish  # type: ignore[method-assign]
+    assert asyncio.run(me.cancel("mine")) == "canceled"
+    assert seen == [("canceled", "canceled")]

@@ -254,3 +254,43 @@ def test_the_data_dir_is_locked_for_sqlite_only(tmp_path: Path) -> None:
     assert shared.shared_store and not own.shared_store
     assert shared.lock_data_dir() == -1 and shared.lock_data_dir() == -1
     assert (tmp_path / "shared" / "jobs").is_dir()
+
+
+def test_an_event_is_published_only_once_what_it_announces_can_be_read(
+        sqlite: Database, tmp_path: Path) -> None:
+    """Views re-read the database on an event (the queue on a targets event, a run's page on
+    its terminal one): at the moment an event is published, another connection must already
+    read the state it announces, or the view shows the old state and waits for nothing."""
+    populate(sqlite, instances=1, pending=1, running=1)
+    sched = scheduler(sqlite, tmp_path / "data")
+    with sqlite.session() as session:
+        statuses = dict(session.execute(select(Benchmark.id, Benchmark.status)).all())
+    running = next(b for b, status in statuses.items() if status == Status.RUNNING)
+    pending = next(b for b, status in statuses.items() if status == Status.PENDING)
+    seen: list[tuple[str, str, str]] = []
+
+    def publish(bench_id: str, event: dict[str, Any]) -> None:
+        with sqlite.engine.connect() as other:  # another reader, as a request would be
+            stored = other.execute(select(Benchmark.status).where(
+                Benchmark.id == bench_id)).scalar_one()
+        seen.append((bench_id, event["status"], stored))
+
+    sched.hub.publish = publish  # type: ignore[method-assign]
+    sched._finalize(running, Outcome(Status.SUCCESS, ""))
+    assert asyncio.run(sched.cancel(pending)) == Status.CANCELED
+    assert seen == [(running, Status.SUCCESS, Status.SUCCESS),
+                    (pending, Status.CANCELED, Status.CANCELED)]
+
+
+def test_events_of_a_transaction_that_rolls_back_are_never_published(
+        sqlite: Database) -> None:
+    populate(sqlite, instances=1, pending=1)
+    hub, published = EventHub(), []
+    hub.publish = lambda key, event: published.append(key)  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError), sqlite.session() as session:
+        hub.publish_on_commit(session, "lost", {"status": Status.RUNNING})
+        raise RuntimeError("the change is abandoned")
+    with sqlite.session() as session:
+        hub.publish_on_commit(session, "kept", {"status": Status.RUNNING})
+        assert published == []  # not before the commit
+    assert published == ["kept"]

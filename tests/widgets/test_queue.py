@@ -62,8 +62,13 @@ def test_the_queue_follows_runs_live_with_cancel_and_open(fresh_server: LiveServ
         running = next(r["id"] for r in queue.runs if r["status"] == "running")
         # Progress comes live from the run's own stream.
         # (the row and its progress cell appear with the queue's next redraw)
-        wait_for(lambda: "/" in getattr(queue._progress.get(running), "value", ""))
+        wait_for(lambda: running in queue._rows and "/" in queue._rows[running].progress.value)
         wait_for(lambda: set(queue.cancel_buttons) == set(queue.open_buttons) == set(ids))
+        # A redraw keeps each row's buttons: a click made while the queue redraws lands.
+        buttons = queue.cancel_buttons
+        queue.refresh()
+        assert all(queue.cancel_buttons[b] is buttons[b] for b in ids)
+        assert all(not button.disabled for button in buttons.values())
 
         wait_for(lambda: running in queue.open_buttons)
         queue.open_buttons[running].click()

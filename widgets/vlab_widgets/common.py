@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import ipywidgets as w
 
-from vlab_kernel.client import error_message
+from vlab_kernel.client import TERMINAL, error_message
 from vlab_kernel.errors import ConnectionFailed, VlabError, error_for
 from vlab_kernel.lab import Lab
 from vlab_kernel.units import MIB, MS, sig3
@@ -206,6 +206,21 @@ class LiveView:
     def refresh(self) -> None:
         raise NotImplementedError
 
+    def _state(self) -> Mapping[str, Any]:
+        """The state last shown (its "status" among the keys)."""
+        raise NotImplementedError
+
+    @property
+    def finished(self) -> bool:
+        """Whether the view shows the thing ended."""
+        return self._state().get("status") in TERMINAL
+
+    def _outdated(self, state: Mapping[str, Any]) -> bool:
+        """An unfinished state that arrives once the view shows the end: an answer that left
+        the server before the end, read by another of the view's threads. Checked under the
+        view's lock, with the state shown."""
+        return self.finished and state.get("status") not in TERMINAL
+
     def _cancel_target(self) -> tuple[str, Callable[[], str]]:
         raise NotImplementedError
 
@@ -220,8 +235,9 @@ class LiveView:
         except Exception as error:
             self.message.show_error(error)
             self.cancel.disabled = False
-        if not self._follower.running:
-            self.refresh()
+        # Read it again whatever the stream does: the stream may have ended on the terminal
+        # event before the view read the state that event announced.
+        self.refresh()
 
     def stop(self) -> None:
         """Stop following the events."""

@@ -206,9 +206,8 @@ class FederationView(LiveView, w.VBox):
     def experiment_id(self) -> str:
         return self.experiment.id
 
-    @property
-    def finished(self) -> bool:
-        return self.results.get("status") in TERMINAL
+    def _state(self) -> dict[str, Any]:
+        return self.results
 
     def refresh(self) -> None:
         """Ask the server for the experiment's results and show them."""
@@ -218,6 +217,8 @@ class FederationView(LiveView, w.VBox):
             self.message.show_error(error)
             return
         with self._lock:
+            if self._outdated(results):
+                return
             self.results = results
             self._render()
             if self.finished:

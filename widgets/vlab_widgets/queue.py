@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -75,6 +76,48 @@ def positions(runs: list[dict[str, Any]], waiting: dict[str, int]) -> dict[str, 
     return result
 
 
+class QueueRow:
+    """One run's cells in the queue: id, model, target, engine, status, progress, position,
+    age, Cancel and Open."""
+
+    def __init__(self, bench_id: str, run: dict[str, Any], on_cancel: Callable[[str], None],
+                 on_open: Callable[[str], Any]) -> None:
+        texts = [bench_id, run.get("model"), run.get("target_uid") or run.get("device"),
+                 run.get("engine")]
+        self.fixed = [w.HTML(html.escape(str(text))) for text in texts]
+        self.state, self.progress, self.where, self.age = w.HTML(), w.HTML(), w.HTML(), w.HTML()
+        self.progress.add_class("vlab-queue-progress")
+        self.cancel = w.Button(description="Cancel", icon="stop", tooltip=f"cancel {bench_id}",
+                               layout={"width": "90px"})
+        self.open = w.Button(description="Open", tooltip=f"show the page of {bench_id}",
+                             layout={"width": "80px"})
+        self.cancel.on_click(lambda _button: on_cancel(bench_id))
+        self.open.on_click(lambda _button: on_open(bench_id))
+        self.cancel.add_class("vlab-queue-cancel")
+        self.open.add_class("vlab-queue-open")
+        self.status = ""
+
+    @property
+    def cells(self) -> list[w.Widget]:
+        return [*self.fixed, self.state, self.progress, self.where, self.age, self.cancel,
+                self.open]
+
+    def update(self, status: str, where: str, run: dict[str, Any], streamed: bool) -> None:
+        """The cells that change as the run waits and runs. A run whose progress comes from
+        its own stream (`streamed`) keeps that: the stored copy is up to a second older."""
+        if status != self.status or not streamed:
+            self.progress.value = progress_cell(run.get("progress"), status)
+        if status != self.status:
+            self.state.value = f'<b class="vlab-status-{status}">{status}</b>'
+            self.status = status
+        self.where.value = html.escape(where)
+        self.age.value = age_text(run.get("created_at"))
+
+    def close(self) -> None:
+        for cell in self.cells:
+            cell.close()
+
+
 class QueueView(w.VBox):
     """The user's pending, queued and running benchmarks, refreshed on every change (the
     server's target events) with each running one's progress from its own stream."""
@@ -89,9 +132,10 @@ class QueueView(w.VBox):
         self.table = w.VBox()
         self.page_box = w.VBox()
         self.page: RunPage | None = None
-        self.cancel_buttons: dict[str, w.Button] = {}
-        self.open_buttons: dict[str, w.Button] = {}
-        self._progress: dict[str, w.HTML] = {}
+        self._rows: dict[str, QueueRow] = {}
+        self._header = [*(w.HTML(f"<b>{name}</b>") for name in COLUMNS), w.HTML(""), w.HTML("")]
+        self._empty = w.HTML(NOTHING)
+        self._grid: w.GridBox | None = None
         self._followed: dict[str, EventFollower] = {}
         self._lock = threading.RLock()
         self._live = live
@@ -138,49 +182,45 @@ class QueueView(w.VBox):
         with self._lock:
             key, descending = SORTS[self.sort_by.value]
             self.runs.sort(key=lambda r: str(r.get(key) or ""), reverse=descending)
-            old = self.table.children
-            buttons: tuple[dict[str, w.Button], dict[str, w.Button], dict[str, w.HTML]] = \
-                ({}, {}, {})
-            if not self.runs:
-                self.table.children = [w.HTML(NOTHING)]
+            # A run's row keeps its widgets from one redraw to the next: a click on its Cancel
+            # or Open while the queue redraws still reaches a live button.
+            rows = {run["id"]: self._row(run) for run in self.runs}
+            gone = [row for bench_id, row in self._rows.items() if bench_id not in rows]
+            self._rows = rows
+            if not rows:
+                children: list[w.Widget] = [self._empty]
             else:
-                cells: list[w.Widget] = [w.HTML(f"<b>{name}</b>") for name in COLUMNS]
-                cells += [w.HTML(""), w.HTML("")]
-                for run in self.runs:
-                    cells += self._row(run, *buttons)
-                grid = w.GridBox(cells, layout={
-                    "grid_template_columns": f"repeat({len(COLUMNS)}, auto) 90px 80px",
-                    "grid_gap": "2px 12px", "align_items": "center"})
-                grid.add_class("vlab-queue-table")
-                self.table.children = [grid]
-            # Swapped whole: a reader never sees a half-built row set.
-            self.cancel_buttons, self.open_buttons, self._progress = buttons
-            for widget in old:
-                for child in getattr(widget, "children", ()):
-                    child.close()
-                widget.close()
+                cells = [*self._header, *(cell for row in rows.values() for cell in row.cells)]
+                if self._grid is None or list(self._grid.children) != cells:
+                    self._grid = self._grid or w.GridBox(layout={
+                        "grid_template_columns": f"repeat({len(COLUMNS)}, auto) 90px 80px",
+                        "grid_gap": "2px 12px", "align_items": "center"})
+                    self._grid.add_class("vlab-queue-table")
+                    self._grid.children = cells
+                children = [self._grid]
+            if list(self.table.children) != children:
+                self.table.children = children
+            for row in gone:
+                row.close()
 
-    def _row(self, run: dict[str, Any], cancels: dict[str, w.Button],
-             opens: dict[str, w.Button], progresses: dict[str, w.HTML]) -> list[w.Widget]:
+    @property
+    def cancel_buttons(self) -> dict[str, w.Button]:
+        """Each shown run's Cancel button, by id."""
+        return {bench_id: row.cancel for bench_id, row in self._rows.items()}
+
+    @property
+    def open_buttons(self) -> dict[str, w.Button]:
+        """Each shown run's Open button, by id."""
+        return {bench_id: row.open for bench_id, row in self._rows.items()}
+
+    def _row(self, run: dict[str, Any]) -> QueueRow:
+        """The run's row, made on its first showing, its cells brought up to date."""
         bench_id, status = run["id"], run["status"]
-        texts = [bench_id, run.get("model"), run.get("target_uid") or run.get("device"),
-                 run.get("engine")]
-        cells: list[w.Widget] = [w.HTML(html.escape(str(text))) for text in texts]
-        state = w.HTML(f'<b class="vlab-status-{status}">{status}</b>')
-        progress = w.HTML(progress_cell(run.get("progress"), status))
-        progress.add_class("vlab-queue-progress")
-        where = w.HTML(html.escape(self._where.get(bench_id, "")))
-        age = w.HTML(age_text(run.get("created_at")))
-        cancel = w.Button(description="Cancel", icon="stop", tooltip=f"cancel {bench_id}",
-                          layout={"width": "90px"})
-        open_ = w.Button(description="Open", tooltip=f"show the page of {bench_id}",
-                         layout={"width": "80px"})
-        cancel.on_click(lambda _b, b=bench_id: self.cancel(b))
-        open_.on_click(lambda _b, b=bench_id: self.open_run(b))
-        cancel.add_class("vlab-queue-cancel")
-        open_.add_class("vlab-queue-open")
-        cancels[bench_id], opens[bench_id], progresses[bench_id] = cancel, open_, progress
-        return [*cells, state, progress, where, age, cancel, open_]
+        row = self._rows.get(bench_id)
+        if row is None:
+            row = QueueRow(bench_id, run, self.cancel, self.open_run)
+        row.update(status, self._where.get(bench_id, ""), run, bench_id in self._followed)
+        return row
 
     def _follow_running(self) -> None:
         """One event stream per running run (a few at most) for its live progress."""
@@ -201,16 +241,16 @@ class QueueView(w.VBox):
                 follower.start()
 
     def _on_progress(self, bench_id: str, event: dict[str, Any]) -> None:
-        cell = self._progress.get(bench_id)
-        if cell is not None and event.get("status") == "running":
-            cell.value = progress_cell(event.get("progress"), "running")
+        row = self._rows.get(bench_id)
+        if row is not None and event.get("status") == "running":
+            row.progress.value = progress_cell(event.get("progress"), "running")
 
     # -- actions ---------------------------------------------------------------------------
     def cancel(self, bench_id: str) -> None:
         """Cancel one of the runs (in the background; the queue redraws on its event)."""
-        button = self.cancel_buttons.get(bench_id)
-        if button is not None:
-            button.disabled = True
+        row = self._rows.get(bench_id)
+        if row is not None:
+            row.cancel.disabled = True
 
         def work() -> None:
             try:
@@ -218,8 +258,7 @@ class QueueView(w.VBox):
                 self.message.show(f"{bench_id}: {status}")
             except Exception as error:
                 self.message.show_error(error)
-            if not self._follower.running:
-                self.refresh()
+            self.refresh()  # the run's end also redraws it, on the targets' event
 
         in_background(work)
 

@@ -163,9 +163,8 @@ class RunPage(LiveView, w.VBox):
     def bench_id(self) -> str:
         return self.bench.id
 
-    @property
-    def finished(self) -> bool:
-        return self.info.get("status") in TERMINAL
+    def _state(self) -> dict[str, Any]:
+        return self.info
 
     # -- state -----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -175,7 +174,8 @@ class RunPage(LiveView, w.VBox):
         except Exception as error:
             self.message.show_error(error)
             return
-        self._show_state(info)
+        if not self._show_state(info):
+            return
         if info["status"] in TERMINAL:
             self._load_details()
         self.add_class("vlab-ready")
@@ -187,8 +187,11 @@ class RunPage(LiveView, w.VBox):
             return
         self.refresh()
 
-    def _show_state(self, info: dict[str, Any]) -> None:
+    def _show_state(self, info: dict[str, Any]) -> bool:
+        """Show the state; False (nothing shown) for one that `_outdated` rejects."""
         with self._lock:
+            if self._outdated(info):
+                return False
             self.info = info
             status = str(info.get("status"))
             where = info.get("target_uid") or info.get("device") or "?"
@@ -218,6 +221,7 @@ class RunPage(LiveView, w.VBox):
             self.cancel.disabled = not unfinished
             self.reason.value = self._reason_html(info)
             self.warnings.value = self._warnings_html()
+        return True
 
     def _reason_html(self, info: dict[str, Any]) -> str:
         status = info.get("status")

@@ -147,9 +147,8 @@ class TrainingView(LiveView, w.VBox):
     def run_id(self) -> str:
         return self.run.id
 
-    @property
-    def finished(self) -> bool:
-        return self.info.get("status") in TERMINAL
+    def _state(self) -> dict[str, Any]:
+        return self.info
 
     def refresh(self) -> None:
         """Ask the server for the run's state and curves; a finished run's report is loaded
@@ -159,7 +158,8 @@ class TrainingView(LiveView, w.VBox):
         except Exception as error:
             self.message.show_error(error)
             return
-        self._show_state(info)
+        if not self._show_state(info):
+            return
         if info["status"] in TERMINAL:
             self._load_report()
         else:
@@ -186,8 +186,11 @@ class TrainingView(LiveView, w.VBox):
                 self.curves = curves
                 self._plot()
 
-    def _show_state(self, info: dict[str, Any]) -> None:
+    def _show_state(self, info: dict[str, Any]) -> bool:
+        """Show the state; False (nothing shown) for one that `_outdated` rejects."""
         with self._lock:
+            if self._outdated(info):
+                return False
             self.info = info
             status = str(info.get("status"))
             where = info.get("target_uid") or info.get("device") or "?"
@@ -215,6 +218,7 @@ class TrainingView(LiveView, w.VBox):
             self.cancel.layout.display = None if unfinished else "none"
             self.cancel.disabled = not unfinished
             self.reason.value = self._reason_html(info)
+        return True
 
     def _reason_html(self, info: dict[str, Any]) -> str:
         status = info.get("status")

@@ -238,7 +238,7 @@ class Orchestrator:
             assert row is not None
             if row.is_terminal:
                 return row.status
-            self._finish_row(row, Status.CANCELED, "canceled by the user")
+            self._finish_row(session, row, Status.CANCELED, "canceled by the user")
             return Status.CANCELED
 
     async def _cancel_jobs(self, experiment_id: str) -> None:
@@ -587,7 +587,7 @@ class Orchestrator:
             if row.status == Status.PENDING:
                 row.status = Status.RUNNING
                 row.started_at = datetime.now(UTC)
-            self.hub.publish(row.id, experiment_event(row))
+            self.hub.publish_on_commit(session, row.id, experiment_event(row))
 
     def _set_round(self, experiment_id: str, round_number: int) -> None:
         with self.db.session() as session:
@@ -610,16 +610,17 @@ class Orchestrator:
             row = self._claimed_row(session, experiment_id)
             row.results = json.loads(json.dumps(results))  # a new object: the JSON is saved
             row.global_model_id, row.global_model_sha256 = global_id, global_sha
-            self.hub.publish(row.id, experiment_event(
+            self.hub.publish_on_commit(session, row.id, experiment_event(
                 row, phase="round", round_record={k: record[k] for k in (
                     "round", "participants", "dropped", "global_accuracy", "global_loss",
                     "elapsed_s")}))
 
-    def _finish_row(self, row: FLExperimentRow, status: Status, message: str) -> None:
+    def _finish_row(self, session: Any, row: FLExperimentRow, status: Status,
+                    message: str) -> None:
         row.status = status
         row.message = message[:2000]
         row.finished_at = datetime.now(UTC)
-        self.hub.publish(row.id, experiment_event(row, phase="end"))
+        self.hub.publish_on_commit(session, row.id, experiment_event(row, phase="end"))
 
     def _finish(self, experiment_id: str, status: Status, message: str,
                 results: dict[str, Any] | None = None) -> None:
@@ -631,7 +632,7 @@ class Orchestrator:
                 raise ClaimLost(experiment_id)
             if results is not None:
                 row.results = json.loads(json.dumps(results))
-            self._finish_row(row, status, message)
+            self._finish_row(session, row, status, message)
         self._remove_subsets(experiment_id)
 
     def _remove_subsets(self, experiment_id: str) -> None:
@@ -709,7 +710,7 @@ class Orchestrator:
                                    samples)
         bench = create_benchmark(session, owner, request, model)
         bench.odt_config = odt
-        self.hub.publish(bench.id, benchmark_event(bench))
+        self.hub.publish_on_commit(session, bench.id, benchmark_event(bench))
         return Job(bench.id, client, plan, samples)
 
     def _submit_evaluation(self, row: FLExperimentRow, round_number: int,
@@ -735,7 +736,7 @@ class Orchestrator:
                     refused[client.client_id] = f"its evaluation job was refused: {exc}"
                     continue
                 bench = create_benchmark(session, owner, request, model)
-                self.hub.publish(bench.id, benchmark_event(bench))
+                self.hub.publish_on_commit(session, bench.id, benchmark_event(bench))
                 jobs.append(Job(bench.id, client, plans[client.client_id],
                                 dataset.size // sample_bytes(tensor)))
         self.scheduler.wake()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,28 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
+# Where a session keeps what is to run once its transaction commits (`after_commit`).
+_AFTER_COMMIT = "vlab_after_commit"
+
 # PostgreSQL advisory lock keys ("vlab" + a number).
 _MIGRATION_LOCK = 0x766C6101
 _STARTUP_LOCK = 0x766C6102
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` once the session's transaction has committed, and never if it rolls back.
+    What others are told of a change (an event that makes a view read it again) must not
+    reach them before they can read it."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+def _run_after_commit(session: Session) -> None:
+    for action in session.info.pop(_AFTER_COMMIT, []):
+        action()
+
+
+def _drop_after_commit(session: Session, _previous: Any) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
 
 
 class StoreUnusable(Exception):
@@ -36,6 +55,8 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self._sessions, "after_commit", _run_after_commit)
+        event.listen(self._sessions, "after_soft_rollback", _drop_after_commit)
 
     def check(self) -> None:
         """Raises StoreUnusable unless the database opens and reads (a corrupt SQLite file, a

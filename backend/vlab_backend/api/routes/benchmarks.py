@@ -213,7 +213,7 @@ def _accept(state: AppState, user: User, request: RunRequest, model: UploadFile 
         if runs is not None:
             request.nb_inference = runs
         bench = create_benchmark(session, user, request, stored)
-        state.hub.publish(bench.id, benchmark_event(bench))
+        state.hub.publish_on_commit(session, bench.id, benchmark_event(bench))
         return bench.id
 
 

@@ -237,7 +237,7 @@ def _accept(state: AppState, orchestrator: Orchestrator, user: User, raw: dict[s
                               claimed_by=orchestrator.replica_id, lease_until=orchestrator.lease())
         session.add(row)
         session.flush()
-        state.hub.publish(row.id, experiment_event(row))
+        state.hub.publish_on_commit(session, row.id, experiment_event(row))
         return row.id
 
 

@@ -104,5 +104,5 @@ def _accept_training(state: AppState, user: User, request: RunRequest, odt: dict
                              sha256_file(upload))
         bench = create_benchmark(session, user, request, stored)
         bench.odt_config = odt
-        state.hub.publish(bench.id, benchmark_event(bench))
+        state.hub.publish_on_commit(session, bench.id, benchmark_event(bench))
         return bench.id
