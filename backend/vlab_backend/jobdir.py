@@ -5,7 +5,8 @@ scheduler and the jobs API share. Nothing else spells a path inside it.
         job.json            the JobSpec, written before the launch
         runner.ref          the runner's reference to the job, recorded before it can start
         pipeline.out        the pipeline process's own output
-        progress            `phase done total`, rewritten atomically while the job runs
+        progress            `phase done total [curves]`, rewritten atomically while the job
+                            runs (a training adds its per-epoch curves so far, as JSON)
         model_facts.json    facts of the model the harness reports (parameters, FLOPs)
         steps/<step>.log    the output of each target script
         work/               the target repository's copy, with the inputs at its root
@@ -75,31 +76,81 @@ def is_regular_file(path: Path) -> bool:
         return False
 
 
+# What a training's progress may carry per epoch, and for how many epochs at most (the last
+# ones; the report has them all).
+CURVE_KEYS = frozenset({"epoch", "loss_train", "loss_test", "accuracy_train", "accuracy_test",
+                        "epoch_time_s"})
+MAX_CURVE_EPOCHS = 1000
+Curves = dict[str, list[float | None]]  # `epoch`: whole numbers
+# The progress file's largest size: a line with the curves of MAX_CURVE_EPOCHS epochs.
+PROGRESS_LIMIT = 1 << 20
+
+
+def checked_curves(value: Any) -> Curves | None:
+    """`value` if it is a training's curves (known keys, lists of numbers or nulls of one
+    length up to MAX_CURVE_EPOCHS), else None."""
+    if not isinstance(value, dict) or not value or not set(value) <= CURVE_KEYS:
+        return None
+    lengths = set()
+    for values in value.values():
+        if not isinstance(values, list) or not all(
+                v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+                for v in values):
+            return None
+        lengths.add(len(values))
+    if len(lengths) != 1 or lengths.pop() > MAX_CURVE_EPOCHS:
+        return None
+    if None in value.get("epoch", ()):
+        return None
+    return {key: [None if v is None else (int(v) if key == "epoch" else float(v))
+                  for v in values] for key, values in value.items()}
+
+
 @dataclass(frozen=True)
 class Progress:
-    """How far a job is: a phase (`load`, `warmup`, `inference`, ...) and a count."""
+    """How far a job is: a phase (`load`, `warmup`, `inference`, `train`, ...) and a count;
+    a training also its per-epoch curves so far (`checked_curves`)."""
 
     phase: str
     done: int
     total: int
+    curves: Curves | None = None
 
     def encode(self) -> str:
-        return f"{self.phase} {self.done} {self.total}\n"
+        line = f"{self.phase} {self.done} {self.total}"
+        if self.curves is not None:
+            line += " " + json.dumps(self.curves, separators=(",", ":"), allow_nan=False)
+        return line + "\n"
 
     @classmethod
     def decode(cls, text: str) -> Progress | None:
-        """None for anything but one well-formed line (a file caught mid-write included)."""
+        """None for anything but one well-formed line (a file caught mid-write included);
+        curves that are not well formed are left out."""
         try:
-            phase, done, total = text.split()
-            return cls(phase, int(done), int(total))
+            phase, done, total, *rest = text.split(maxsplit=3)
+            progress = cls(phase, int(done), int(total))
         except ValueError:
             return None
+        if rest:
+            try:
+                curves = checked_curves(json.loads(rest[0]))
+            except ValueError:
+                curves = None
+            progress = cls(phase, progress.done, progress.total, curves)
+        return progress
 
     def write(self, path: Path) -> None:
         """Atomic: a reader sees the previous line or this one, never a part."""
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(self.encode())
         os.replace(tmp, path)
+
+    def event(self) -> dict[str, Any]:
+        """As the live event streams carry it."""
+        shown: dict[str, Any] = {"phase": self.phase, "done": self.done, "total": self.total}
+        if self.curves is not None:
+            shown["curves"] = self.curves
+        return shown
 
 
 @dataclass
@@ -282,7 +333,7 @@ class JobDir:
         return data.decode(errors="replace").strip() or None if data is not None else None
 
     def read_progress(self) -> Progress | None:
-        data = read_regular_file(self.progress_file, 4096)
+        data = read_regular_file(self.progress_file, PROGRESS_LIMIT)
         return Progress.decode(data.decode(errors="replace")) if data is not None else None
 
     def write_progress(self, progress: Progress) -> None:

@@ -359,9 +359,7 @@ class Scheduler:
                 continue
             last = progress
             self.hub.publish(bench_id, {"event": "progress", "status": Status.RUNNING,
-                                        "progress": {"phase": progress.phase,
-                                                     "done": progress.done,
-                                                     "total": progress.total}})
+                                        "progress": progress.event()})
             self._progress_due[bench_id] = progress
 
     async def _maintain(self) -> None:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from vlab_backend.jobdir import JobDir, JobSpec, PipelineResult, Progress, StepResult
+from vlab_backend.jobdir import (
+    MAX_CURVE_EPOCHS,
+    JobDir,
+    JobSpec,
+    PipelineResult,
+    Progress,
+    StepResult,
+    checked_curves,
+)
 
 
 def spec() -> JobSpec:
@@ -46,6 +54,26 @@ def test_progress_lines_are_written_atomically_and_decoded(tmp_path: Path) -> No
     assert job.read_progress() == Progress("inference", 3, 20)
     assert not list(tmp_path.glob("*.tmp"))
     assert Progress.decode("inference 3") is None and Progress.decode("a b c") is None
+
+
+def test_a_trainings_progress_carries_its_curves_so_far(tmp_path: Path) -> None:
+    job = JobDir(tmp_path)
+    curves = {"epoch": [1, 2], "loss_train": [0.9, 0.5], "accuracy_test": [0.6, None]}
+    job.write_progress(Progress("train", 2, 5, curves))
+    assert job.read_progress() == Progress("train", 2, 5, curves)
+    assert Progress("train", 2, 5, curves).event() == {"phase": "train", "done": 2,
+                                                      "total": 5, "curves": curves}
+    # The line the training engine writes itself (its own environment) reads the same.
+    line = 'train 2 5 {"epoch":[1,2],"loss_train":[0.9,0.5],"accuracy_test":[0.6,null]}\n'
+    assert Progress.decode(line) == Progress("train", 2, 5, curves)
+    # Curves that are not well formed are left out; the count stays.
+    [epoch] = Progress.decode('train 1 5 {"epoch":[1.0]}').event()["curves"]["epoch"]
+    assert epoch == 1 and isinstance(epoch, int)
+    for bad in ('{"epoch":[1],"loss_train":[1,2]}', '{"epoch":[null]}', '{"password":[1]}',
+                '{"epoch":["x"]}', '{"epoch":[true]}', "[1,2]", "{not json"):
+        assert Progress.decode(f"train 1 5 {bad}") == Progress("train", 1, 5), bad
+    too_long = {"epoch": list(range(MAX_CURVE_EPOCHS + 1))}
+    assert checked_curves(too_long) is None
 
 
 @pytest.mark.parametrize("data", [

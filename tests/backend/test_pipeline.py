@@ -291,3 +291,28 @@ def test_without_namespaces_a_job_runs_and_says_so(tmp_path: Path,
     assert "the job runs without namespaces" in log.read_text()
     assert "unshare: Operation not permitted" in log.read_text()
     assert "the-server-secret" in (job.out / "probe.txt").read_text()
+
+
+def test_a_remote_job_relays_its_progress_with_a_trainings_curves(tmp_path: Path) -> None:
+    """On a Nomad host the pipeline posts the progress line to the API, curves included."""
+    import threading
+
+    import httpx
+
+    from vlab_backend.jobdir import Progress
+    from vlab_backend.pipeline.remote import _relay_progress
+
+    job = JobDir(tmp_path)
+    curves = {"epoch": [1, 2], "loss_train": [0.9, 0.5]}
+    job.write_progress(Progress("train", 2, 5, curves))
+    posted: list[object] = []
+    stop = threading.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        posted.append(httpx.Response(200, content=request.content).json())
+        stop.set()
+        return httpx.Response(200, json={"ok": True})
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        _relay_progress(client, "http://api/api/jobs/b/progress", job, stop)
+    assert posted == [{"phase": "train", "done": 2, "total": 5, "curves": curves}]

@@ -10,7 +10,7 @@ import pytest
 
 from tests.server import LiveServer
 from vlab_kernel import connect
-from vlab_kernel.progress import ProgressPrinter
+from vlab_kernel.progress import ProgressPrinter, epoch_figures
 
 
 def status(state: str, phase: str = "", done: int = 0, total: int = 0) -> dict[str, object]:
@@ -47,6 +47,18 @@ def test_a_success_ends_full_with_the_whole_count() -> None:
                   status("success", "done", 300, 300))
     assert re.match(r"b-1 done: 100%\|.*\| 300/300", last_line(text))
     assert "96%" not in last_line(text)
+
+
+def test_a_training_shows_its_epochs_and_the_last_epochs_figures() -> None:
+    curves = {"epoch": [1, 2], "loss_train": [0.9, 0.4123], "loss_test": [1.0, 0.45],
+              "accuracy_test": [0.5, 0.864]}
+    epoch = {"event": "progress", "id": "b-1", "status": "running",
+             "progress": {"phase": "train", "done": 2, "total": 5, "curves": curves}}
+    text = follow(status("running", "train", 0, 5), epoch)
+    assert re.search(r"2/5 \[.*epoch.*loss 0.412 \(test 0.45\), test accuracy 86.4 %\]",
+                     last_line(text)), last_line(text)
+    assert epoch_figures(None) == "" and epoch_figures({"epoch": []}) == ""
+    assert epoch_figures({"epoch": [1], "loss_train": [None]}) == ""
 
 
 def test_a_fast_run_seen_only_at_its_end_shows_its_count() -> None:

@@ -16,9 +16,15 @@ from tests.kernel.test_federation import BROKEN, BROKEN_REASON, board_server
 from tests.server import LiveServer
 from vlab_kernel.client import VlabClient
 from vlab_kernel.connection import Connection
-from vlab_kernel.lab import Lab, training_curves
+from vlab_kernel.lab import CURVES, Lab, training_curves
 from vlab_widgets import TrainingView
-from vlab_widgets.training import curve_figures, curves_from_log, download_hint, final_figures
+from vlab_widgets.training import (
+    curve_figures,
+    curves_from_log,
+    curves_from_progress,
+    download_hint,
+    final_figures,
+)
 
 REPORT = {"loss_train": {"values": [1.0, 0.5, 0.25]}, "loss_test": {"values": [1.1, 0.6, 0.4]},
           "accuracy_train": {"values": [0.5, 0.8, 0.9]},
@@ -78,6 +84,16 @@ def test_curves_from_the_engine_log() -> None:
     assert curves_from_log("").empty
 
 
+def test_curves_from_a_progress_event() -> None:
+    curves = curves_from_progress({"epoch": [3, 4], "loss_train": [0.5, 0.4],
+                                   "accuracy_test": [0.8, None], "epoch_time_s": [0.1, 0.2]})
+    assert list(curves.index) == [3, 4] and curves.index.name == "epoch"
+    assert list(curves.columns) == [*CURVES, "epoch_time_s"]
+    assert curves.loc[4, "loss_train"] == 0.4 and curves.loc[3, "accuracy_test"] == 0.8
+    assert pd.isna(curves.loc[4, "accuracy_test"]) and curves["loss_test"].isna().all()
+    assert curves_from_progress(None).empty and curves_from_progress({"epoch": []}).empty
+
+
 @pytest.mark.slow
 def test_a_training_shows_its_curves_figures_and_model(lab: Lab, tmp_path: Path) -> None:
     x, y, xt, yt = digits()
@@ -121,23 +137,48 @@ def test_a_failed_training_says_why(lab: Lab, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_host_cpu_training_live(server: LiveServer, tmp_path: Path) -> None:
-    """onnxruntime-training on this machine: the view follows the run's epochs (its progress
-    events) and ends with the report's curves, epoch times and figures."""
+def test_a_host_cpu_training_live(server: LiveServer, small_onnx: Path, tmp_path: Path) -> None:
+    """onnxruntime-training on this machine: the view follows the run from before it starts,
+    plots the curves of the epochs done while it runs (its progress events carry them), and
+    ends with the report's curves, epoch times and figures."""
     from tests.models import digits_mlp, digits_split
 
     lab = Lab(VlabClient(Connection(server.url, server.token)))
     x, y, xt, yt = digits_split()
+    # Every host-cpu instance busy, so the training waits while its view starts following.
+    instances = len(lab.targets().query("target == 'host-cpu'"))
+    blockers = [lab.benchmark(small_onnx, "host-cpu", "synthetic", runs=5,
+                              params={"min_time_s": 600}) for _ in range(instances)]
     run = lab.train(digits_mlp(tmp_path / "mlp.onnx"), "host-cpu", "onnxruntime",
-                    train=(x, y), test=(xt, yt), epochs=3, learning_rate=0.01)
+                    train=(x, y), test=(xt, yt), epochs=5, learning_rate=0.01)
     view = TrainingView(lab, run)
+    plotted: list[tuple[str, list[int]]] = []
+    plot = view._plot
+
+    def recording() -> None:
+        plotted.append((str(view.info.get("status")), list(view.curves.index)))
+        plot()
+
+    view._plot = recording  # type: ignore[method-assign]
     try:
+        wait_for(view._follower.connected.is_set)
+        assert view.info["status"] == "pending"
+        for blocker in blockers:
+            blocker.cancel()
         wait_for(view.loaded.is_set)
         assert view.info["status"] == "success", view.reason.value
-        assert view.progress.max == 3 and view.progress.value == 3  # epochs
-        assert list(view.accuracy_plot.data[1].x) == [1, 2, 3]
-        assert list(view.curves["epoch_time_s"].notna()) == [True] * 3
+        live = [epochs for status, epochs in plotted if status == "running"]
+        assert live and all(epochs == list(range(1, len(epochs) + 1)) for epochs in live)
+        assert all(0 < len(epochs) <= 5 for epochs in live)
+        assert plotted[-1] == ("success", [1, 2, 3, 4, 5])
+        report = run.report
+        assert list(view.curves["loss_train"]) == pytest.approx(report["loss_train"]["values"])
+        assert view.progress.max == 5 and view.progress.value == 5  # epochs
+        assert list(view.accuracy_plot.data[1].x) == [1, 2, 3, 4, 5]
+        assert list(view.curves["epoch_time_s"].notna()) == [True] * 5
         assert "training time" in view.figures.value and "peak memory" in view.figures.value
     finally:
         view.close()
+        for blocker in blockers:
+            blocker.cancel()
         lab.client.close()

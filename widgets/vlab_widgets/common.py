@@ -124,6 +124,9 @@ class EventFollower:
         self._thread: threading.Thread | None = None
         self._response: httpx.Response | None = None
         self._lock = threading.Lock()
+        # Set from the stream's first event until it closes: the server listens, and every
+        # event from then on reaches `on_event`.
+        self.connected = threading.Event()
         _followers.add(self)
 
     @property
@@ -153,11 +156,14 @@ class EventFollower:
                     raise error_for(response.status_code, error_message(response))
                 for line in response.iter_lines():
                     if line.startswith("data: "):
+                        # The server's first event (the state now) is sent once it listens.
+                        self.connected.set()
                         yield json.loads(line[6:])
         except httpx.ConnectError as exc:
             raise ConnectionFailed(
                 f"cannot reach the VLab API at {self.lab.client.connection.url}") from exc
         finally:
+            self.connected.clear()
             with self._lock:
                 self._response = None
 

@@ -47,6 +47,19 @@ def curves_from_log(text: str) -> pd.DataFrame:
     return frame
 
 
+def curves_from_progress(curves: dict[str, list[float | None]] | None) -> pd.DataFrame:
+    """The per-epoch curves a running training's progress event carries (`epoch` and the
+    curves of its last epochs), shaped as `training_curves` gives them; empty without."""
+    epochs = (curves or {}).get("epoch") or []
+    if not curves or not epochs:
+        return pd.DataFrame(columns=list(CURVES))
+    columns = [*CURVES, *(["epoch_time_s"] if "epoch_time_s" in curves else [])]
+    frame = pd.DataFrame({key: curves.get(key) or [None] * len(epochs) for key in columns},
+                         dtype="float64")
+    frame.index = pd.Index([int(epoch or 0) for epoch in epochs], name="epoch", dtype="int64")
+    return frame
+
+
 def curve_figures(curves: pd.DataFrame) -> tuple[go.Figure, go.Figure]:
     """Loss and accuracy per epoch (train and test): two figures; accuracy in %."""
     loss, accuracy = go.Figure(), go.Figure()
@@ -162,29 +175,35 @@ class TrainingView(LiveView, w.VBox):
             return
         if info["status"] in TERMINAL:
             self._load_report()
-        else:
-            self._live_curves()
         self.add_class("vlab-ready")
 
     def _on_event(self, event: dict[str, Any]) -> None:
         if event.get("event") == "progress" and self.info:
-            self._show_state({**self.info, "status": event.get("status", "running"),
-                              "progress": event.get("progress") or {}})
-            self._live_curves()
+            progress = event.get("progress") or {}
+            if self._show_state({**self.info, "status": event.get("status", "running"),
+                                 "progress": progress}):
+                self._show_curves(curves_from_progress(progress.get("curves")))
             return
         self.refresh()
 
-    def _live_curves(self) -> None:
-        """The curves so far, from the epochs the run's log has printed."""
+    def _show_curves(self, curves: pd.DataFrame) -> None:
+        """The curves so far of a running training (each progress event carries them)."""
+        with self._lock:
+            if curves.empty or self.finished or curves.equals(self.curves):
+                return
+            self.curves = curves
+            self._plot()
+
+    def _curves_from_log(self) -> None:
+        """The curves of an ended run without a report (a failed one), from the epochs its log
+        printed."""
         try:
             text = self.lab.client.log(self.run_id, "user-log")
-        except Exception:  # the log may not be readable yet
+        except Exception:  # no log
             return
         curves = curves_from_log(text)
-        if not curves.empty and len(curves) != len(self.curves):
-            with self._lock:
-                self.curves = curves
-                self._plot()
+        if not curves.empty:
+            self.curves = curves
 
     def _show_state(self, info: dict[str, Any]) -> bool:
         """Show the state; False (nothing shown) for one that `_outdated` rejects."""
@@ -254,7 +273,7 @@ class TrainingView(LiveView, w.VBox):
                     index=False, header=False, border=0, classes="vlab-training-figures")
                 self.hint.value = download_hint(self.run_id)
             else:
-                self._live_curves()
+                self._curves_from_log()
             self._plot()
             self.loaded.set()
 

@@ -576,6 +576,9 @@ class JobProgress(BaseModel):
     phase: str
     done: Count
     total: Count
+    curves: dict[str, list[float | None]] | None = Field(
+        None, description="a training's per-epoch curves so far (`epoch`, `loss_train`, "
+                          "`loss_test`, `accuracy_train`, `accuracy_test`, `epoch_time_s`)")
 
 
 class Acknowledged(BaseModel):

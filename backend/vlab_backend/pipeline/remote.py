@@ -39,8 +39,7 @@ def _relay_progress(client: httpx.Client, url: str, job: JobDir, stop: threading
         if progress is not None and progress != last:
             last = progress
             with contextlib.suppress(httpx.HTTPError):
-                client.post(url, json={"phase": progress.phase, "done": progress.done,
-                                       "total": progress.total})
+                client.post(url, json=progress.event())
 
 
 def _upload_outputs(client: httpx.Client, url: str, job: JobDir) -> None:

@@ -179,14 +179,32 @@ def _classes_of(raw: np.ndarray, plan: dict[str, Any]) -> np.ndarray | None:
     return None
 
 
-def _write_progress(done: int, total: int) -> None:
+# The progress line carries the curves of the last this many epochs (the report has them all).
+PROGRESS_EPOCHS = 1000
+
+
+def _write_progress(done: int, total: int, history: dict[str, list[Any]] | None = None) -> None:
+    """`train <epochs done> <epochs>` and, once an epoch has ended, the curves so far as JSON:
+    the job directory's progress line, which the live views plot from."""
     path = os.environ.get("VLAB_PROGRESS_FILE")
     if not path:
         return
+    line = f"train {done} {total}"
+    if history and done:
+        first = max(done - PROGRESS_EPOCHS, 0)
+        curves: dict[str, list[Any]] = {"epoch": list(range(first + 1, done + 1))}
+        curves |= {key: [_finite(v) for v in values[first:done]]
+                   for key, values in history.items()}
+        line += " " + json.dumps(curves, separators=(",", ":"), allow_nan=False)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as handle:
-        handle.write(f"train {done} {total}\n")
+        handle.write(line + "\n")
     os.replace(tmp, path)
+
+
+def _finite(value: Any) -> float | None:
+    """A number JSON can carry: NaN and infinities (a diverged loss) become null."""
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def _statistics(values: list[float | None]) -> dict[str, Any]:
@@ -274,7 +292,7 @@ def train(prepared: Path, artifact_dir: Path, work: Path, root: Path) -> dict[st
                  if accuracy_test is not None and accuracy_train is not None else "")
         print(f"epoch {epoch}/{epochs}: loss train {loss_train:.4f} test {loss_test:.4f}"
               f"{shown} ({elapsed:.3f} s)", flush=True)
-        _write_progress(epoch, epochs)
+        _write_progress(epoch, epochs, history)
     training_time = time.perf_counter() - wall_start
     cpu_time = time.process_time() - cpu_start
 

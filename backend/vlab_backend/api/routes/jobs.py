@@ -22,7 +22,7 @@ from vlab_backend.api.schemas import (
 from vlab_backend.api.state import AppState, StateDep
 from vlab_backend.api.uploads import safe_filename, save_upload
 from vlab_backend.auth import JOB_TOKEN_PREFIX, AuthError, job_of_credential
-from vlab_backend.jobdir import JobDir, PipelineResult, Progress
+from vlab_backend.jobdir import JobDir, PipelineResult, Progress, checked_curves
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)
 _bearer = HTTPBearer(auto_error=False)
@@ -72,7 +72,8 @@ def job_input(bench_id: str, name: str, job: CredentialedJob) -> FileResponse:
 
 @router.post("/{bench_id}/progress")
 def job_progress(bench_id: str, body: JobProgress, job: CredentialedJob) -> Acknowledged:
-    job.write_progress(Progress(safe_filename(body.phase, "running"), body.done, body.total))
+    job.write_progress(Progress(safe_filename(body.phase, "running"), body.done, body.total,
+                                checked_curves(body.curves)))
     return Acknowledged(ok=True)
 
 
