@@ -19,9 +19,11 @@ It imports the standard library only: the harness and the pipeline container use
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import stat
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,30 +82,38 @@ def is_regular_file(path: Path) -> bool:
 # ones; the report has them all).
 CURVE_KEYS = frozenset({"epoch", "loss_train", "loss_test", "accuracy_train", "accuracy_test",
                         "epoch_time_s"})
-MAX_CURVE_EPOCHS = 1000
+MAX_CURVE_EPOCHS = 200
 Curves = dict[str, list[float | None]]  # `epoch`: whole numbers
 # The progress file's largest size: a line with the curves of MAX_CURVE_EPOCHS epochs.
-PROGRESS_LIMIT = 1 << 20
+PROGRESS_LIMIT = 256 << 10
 
 
 def checked_curves(value: Any) -> Curves | None:
-    """`value` if it is a training's curves (known keys, lists of numbers or nulls of one
-    length up to MAX_CURVE_EPOCHS), else None."""
+    """`value` if it is a training's curves (known keys; lists of one length up to
+    MAX_CURVE_EPOCHS of finite numbers or nulls, whole numbers for `epoch`), else None. The
+    job writes them: nothing it writes may break a reader."""
     if not isinstance(value, dict) or not value or not set(value) <= CURVE_KEYS:
         return None
-    lengths = set()
-    for values in value.values():
-        if not isinstance(values, list) or not all(
-                v is None or (isinstance(v, int | float) and not isinstance(v, bool))
-                for v in values):
+    checked: Curves = {}
+    for key, values in value.items():
+        if not isinstance(values, list) or len(values) > MAX_CURVE_EPOCHS:
             return None
-        lengths.add(len(values))
-    if len(lengths) != 1 or lengths.pop() > MAX_CURVE_EPOCHS:
-        return None
-    if None in value.get("epoch", ()):
-        return None
-    return {key: [None if v is None else (int(v) if key == "epoch" else float(v))
-                  for v in values] for key, values in value.items()}
+        numbers: list[float | None] = []
+        for number in values:
+            if number is None and key != "epoch":
+                numbers.append(None)
+                continue
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                return None
+            try:
+                number = float(number)
+            except OverflowError:  # an integer too large for a float
+                return None
+            if not math.isfinite(number) or (key == "epoch" and not number.is_integer()):
+                return None
+            numbers.append(int(number) if key == "epoch" else number)
+        checked[key] = numbers
+    return checked if len({len(values) for values in checked.values()}) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -134,7 +144,7 @@ class Progress:
         if rest:
             try:
                 curves = checked_curves(json.loads(rest[0]))
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested beyond reason
                 curves = None
             progress = cls(phase, progress.done, progress.total, curves)
         return progress
@@ -151,6 +161,33 @@ class Progress:
         if self.curves is not None:
             shown["curves"] = self.curves
         return shown
+
+
+class ProgressWatch:
+    """Polled by whoever relays a job's progress: `changed()` gives the progress line when it
+    differs from the last one given, else None. The line is read and decoded only when the
+    file was rewritten (its stamp moved), and once a second whatever the stamp says: two
+    rewrites within one clock tick can leave the stamp as it was."""
+
+    RECHECK_S = 1.0
+
+    def __init__(self, job: JobDir) -> None:
+        self.job = job
+        self.last: Progress | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked = 0.0
+
+    def changed(self) -> Progress | None:
+        stamp = self.job.progress_stamp()
+        now = time.monotonic()
+        if stamp is None or (stamp == self._stamp and now - self._checked < self.RECHECK_S):
+            return None
+        self._stamp, self._checked = stamp, now
+        progress = self.job.read_progress()
+        if progress is None or progress == self.last:
+            return None
+        self.last = progress
+        return progress
 
 
 @dataclass
@@ -331,6 +368,15 @@ class JobDir:
     def recorded_reference(self) -> str | None:
         data = read_regular_file(self.reference_file, 4096)
         return data.decode(errors="replace").strip() or None if data is not None else None
+
+    def progress_stamp(self) -> tuple[int, int, int] | None:
+        """What changes whenever the progress line is rewritten (inode, mtime, size): a
+        watcher reads and decodes the line only when it moves. None before the first."""
+        try:
+            info = os.stat(self.progress_file)
+        except OSError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
 
     def read_progress(self) -> Progress | None:
         data = read_regular_file(self.progress_file, PROGRESS_LIMIT)

@@ -43,7 +43,7 @@ from vlab_backend.blobstore import BlobStore
 from vlab_backend.config import Settings
 from vlab_backend.events import EventHub
 from vlab_backend.health import HealthMonitor, degraded_note
-from vlab_backend.jobdir import JobDir, JobSpec, Progress
+from vlab_backend.jobdir import JobDir, JobSpec, Progress, ProgressWatch
 from vlab_backend.runners.base import Runner
 from vlab_backend.store.database import Database
 from vlab_backend.store.schema import (
@@ -351,13 +351,12 @@ class Scheduler:
     async def _watch_progress(self, bench_id: str, job: JobDir) -> None:
         """Progress goes to the live event streams at once; the database copy (for polling
         clients) is written by `_maintain`, once a second for every running job together."""
-        last = None
+        watch = ProgressWatch(job)
         while True:
             await asyncio.sleep(0.1)
-            progress = job.read_progress()
-            if progress is None or progress == last:
+            progress = watch.changed()
+            if progress is None:
                 continue
-            last = progress
             self.hub.publish(bench_id, {"event": "progress", "status": Status.RUNNING,
                                         "progress": progress.event()})
             self._progress_due[bench_id] = progress

@@ -13,6 +13,7 @@ from vlab_backend.jobdir import (
     JobSpec,
     PipelineResult,
     Progress,
+    ProgressWatch,
     StepResult,
     checked_curves,
 )
@@ -70,7 +71,9 @@ def test_a_trainings_progress_carries_its_curves_so_far(tmp_path: Path) -> None:
     [epoch] = Progress.decode('train 1 5 {"epoch":[1.0]}').event()["curves"]["epoch"]
     assert epoch == 1 and isinstance(epoch, int)
     for bad in ('{"epoch":[1],"loss_train":[1,2]}', '{"epoch":[null]}', '{"password":[1]}',
-                '{"epoch":["x"]}', '{"epoch":[true]}', "[1,2]", "{not json"):
+                '{"epoch":["x"]}', '{"epoch":[true]}', "[1,2]", "{not json",
+                '{"epoch":[1e999]}', '{"epoch":[1],"loss_train":[NaN]}', '{"epoch":[1.5]}',
+                '{"epoch":[1' + "0" * 400 + "]}", "[" * 100_000):
         assert Progress.decode(f"train 1 5 {bad}") == Progress("train", 1, 5), bad
     too_long = {"epoch": list(range(MAX_CURVE_EPOCHS + 1))}
     assert checked_curves(too_long) is None
@@ -109,3 +112,14 @@ def test_outputs_behind_a_link_are_not_the_jobs_own(tmp_path: Path) -> None:
     job.out.rmdir()
     job.out.symlink_to(elsewhere)
     assert not job.outputs_are_own()
+
+
+def test_a_progress_watch_reads_the_line_when_it_changes(tmp_path: Path) -> None:
+    job = JobDir(tmp_path)
+    watch = ProgressWatch(job)
+    assert watch.changed() is None  # no line yet
+    job.write_progress(Progress("inference", 1, 10))
+    assert watch.changed() == Progress("inference", 1, 10)
+    assert watch.changed() is None  # the same line
+    job.write_progress(Progress("train", 1, 5, {"epoch": [1], "loss_train": [0.5]}))
+    assert watch.changed() == Progress("train", 1, 5, {"epoch": [1], "loss_train": [0.5]})

@@ -29,7 +29,7 @@ from vlab_backend.config import Settings
 from vlab_backend.events import EventHub
 from vlab_backend.jobdir import JobDir, JobSpec, Progress
 from vlab_backend.scheduler import Scheduler
-from vlab_backend.store.database import Database
+from vlab_backend.store.database import Database, after_commit
 from vlab_backend.store.schema import Benchmark, Status, StoredModel, TargetInstance
 
 
@@ -294,3 +294,21 @@ def test_events_of_a_transaction_that_rolls_back_are_never_published(
         hub.publish_on_commit(session, "kept", {"status": Status.RUNNING})
         assert published == []  # not before the commit
     assert published == ["kept"]
+
+
+def test_an_action_after_a_commit_that_fails_leaves_the_commit_and_the_others(
+        sqlite: Database) -> None:
+    populate(sqlite, instances=1, pending=1)
+    done: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("the event loop is closed")
+
+    with sqlite.session() as session:
+        bench = session.scalars(select(Benchmark)).one()
+        bench.message = "changed"
+        after_commit(session, broken)
+        after_commit(session, lambda: done.append("next"))
+    assert done == ["next"]
+    with sqlite.session() as session:
+        assert session.scalars(select(Benchmark.message)).one() == "changed"

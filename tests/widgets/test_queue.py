@@ -6,10 +6,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from tests.server import LiveServer
 from vlab_kernel.client import VlabClient
 from vlab_kernel.connection import Connection
+from vlab_kernel.errors import Conflict
 from vlab_kernel.lab import Lab
 from vlab_widgets import QueueView, RunPage
 from vlab_widgets.queue import age_text, positions, progress_cell
@@ -87,3 +90,41 @@ def test_the_queue_follows_runs_live_with_cancel_and_open(fresh_server: LiveServ
     finally:
         queue.close()
     assert not queue._follower.running and not queue._followed
+
+
+class RefusingClient:
+    """The API as the queue reads it, with runs set by the test and a cancel refused."""
+
+    def __init__(self, runs: list[dict[str, Any]]) -> None:
+        self.runs = runs
+
+    def get_json(self, path: str, status: str, page_length: int) -> dict[str, Any]:
+        return {"results": [run for run in self.runs if run["status"] == status]}
+
+    def targets(self) -> list[dict[str, Any]]:
+        return [{"target": "host-cpu", "queue_length": 1}]
+
+    def cancel(self, bench_id: str) -> str:
+        raise Conflict(f"benchmark {bench_id} cannot be canceled now")
+
+
+def test_a_row_follows_its_run_and_a_refused_cancel_can_be_tried_again() -> None:
+    run = {"id": "b-1", "status": "pending", "model": "m.onnx", "device": "host-cpu",
+           "engine": "onnxruntime", "created_at": datetime.now(UTC).isoformat()}
+    client = RefusingClient([run])
+    queue = QueueView(SimpleNamespace(client=client), live=False)  # type: ignore[arg-type]
+    try:
+        row = queue._rows["b-1"]
+        assert row.target.value == "host-cpu" and "#1 of your 1 waiting" in row.where.value
+        client.runs = [{**run, "status": "running", "target_uid": "host-cpu-1",
+                        "progress": {"phase": "inference", "done": 3, "total": 10}}]
+        queue.refresh()
+        assert queue._rows["b-1"] is row  # the same widgets, brought up to date
+        assert row.target.value == "host-cpu-1" and row.where.value == "on host-cpu-1"
+        assert "running" in row.state.value and row.progress.value == "inference 3/10"
+        row.cancel.click()
+        wait_for(lambda: "cannot be canceled now" in queue.message.value)
+        wait_for(lambda: not row.cancel.disabled)
+        assert queue.ids == ["b-1"]
+    finally:
+        queue.close()

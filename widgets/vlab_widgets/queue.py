@@ -82,9 +82,9 @@ class QueueRow:
 
     def __init__(self, bench_id: str, run: dict[str, Any], on_cancel: Callable[[str], None],
                  on_open: Callable[[str], Any]) -> None:
-        texts = [bench_id, run.get("model"), run.get("target_uid") or run.get("device"),
-                 run.get("engine")]
-        self.fixed = [w.HTML(html.escape(str(text))) for text in texts]
+        self.id, self.model, self.target, self.engine = (
+            w.HTML(html.escape(str(text))) for text in (bench_id, run.get("model"),
+                                                        run.get("device"), run.get("engine")))
         self.state, self.progress, self.where, self.age = w.HTML(), w.HTML(), w.HTML(), w.HTML()
         self.progress.add_class("vlab-queue-progress")
         self.cancel = w.Button(description="Cancel", icon="stop", tooltip=f"cancel {bench_id}",
@@ -99,8 +99,8 @@ class QueueRow:
 
     @property
     def cells(self) -> list[w.Widget]:
-        return [*self.fixed, self.state, self.progress, self.where, self.age, self.cancel,
-                self.open]
+        return [self.id, self.model, self.target, self.engine, self.state, self.progress,
+                self.where, self.age, self.cancel, self.open]
 
     def update(self, status: str, where: str, run: dict[str, Any], streamed: bool) -> None:
         """The cells that change as the run waits and runs. A run whose progress comes from
@@ -110,6 +110,8 @@ class QueueRow:
         if status != self.status:
             self.state.value = f'<b class="vlab-status-{status}">{status}</b>'
             self.status = status
+        # The instance once it has one (a pending run has only its target type).
+        self.target.value = html.escape(str(run.get("target_uid") or run.get("device")))
         self.where.value = html.escape(where)
         self.age.value = age_text(run.get("created_at"))
 
@@ -258,6 +260,8 @@ class QueueView(w.VBox):
                 self.message.show(f"{bench_id}: {status}")
             except Exception as error:
                 self.message.show_error(error)
+                if row is not None:  # the row stays: it can be tried again
+                    row.cancel.disabled = False
             self.refresh()  # the run's end also redraws it, on the targets' event
 
         in_background(work)

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from vlab_backend.jobdir import JobDir, JobSpec, PipelineResult, Progress
+from vlab_backend.jobdir import JobDir, JobSpec, PipelineResult, ProgressWatch
 from vlab_backend.pipeline.job import job_environment
 
 
@@ -33,11 +33,10 @@ def _download(client: httpx.Client, url: str, target: Path) -> None:
 
 
 def _relay_progress(client: httpx.Client, url: str, job: JobDir, stop: threading.Event) -> None:
-    last: Progress | None = None
+    watch = ProgressWatch(job)
     while not stop.wait(0.25):
-        progress = job.read_progress()
-        if progress is not None and progress != last:
-            last = progress
+        progress = watch.changed()
+        if progress is not None:
             with contextlib.suppress(httpx.HTTPError):
                 client.post(url, json=progress.event())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+log = logging.getLogger(__name__)
 
 
 # Where a session keeps what is to run once its transaction commits (`after_commit`).
@@ -28,13 +30,19 @@ _STARTUP_LOCK = 0x766C6102
 def after_commit(session: Session, action: Callable[[], None]) -> None:
     """Run `action` once the session's transaction has committed, and never if it rolls back.
     What others are told of a change (an event that makes a view read it again) must not
-    reach them before they can read it."""
+    reach them before they can read it. Not for savepoints (`begin_nested`, which nothing
+    here uses): SQLAlchemy reports a savepoint's release as a commit."""
     session.info.setdefault(_AFTER_COMMIT, []).append(action)
 
 
 def _run_after_commit(session: Session) -> None:
+    # The change is committed whatever an action does: each runs, and none makes the commit
+    # look failed.
     for action in session.info.pop(_AFTER_COMMIT, []):
-        action()
+        try:
+            action()
+        except Exception:
+            log.exception("an action after a commit failed")
 
 
 def _drop_after_commit(session: Session, _previous: Any) -> None:

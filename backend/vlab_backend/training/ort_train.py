@@ -179,8 +179,9 @@ def _classes_of(raw: np.ndarray, plan: dict[str, Any]) -> np.ndarray | None:
     return None
 
 
-# The progress line carries the curves of the last this many epochs (the report has them all).
-PROGRESS_EPOCHS = 1000
+# The progress line carries the curves of the last this many epochs (the report has them all;
+# the server's jobdir.MAX_CURVE_EPOCHS).
+PROGRESS_EPOCHS = 200
 
 
 def _write_progress(done: int, total: int, history: dict[str, list[Any]] | None = None) -> None:
