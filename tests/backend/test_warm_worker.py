@@ -170,6 +170,20 @@ def test_the_client_stops_its_run_when_the_worker_dies(worker: Path, tmp_path: P
     assert not alive
 
 
+def test_a_worker_whose_server_died_while_it_started_leaves(tmp_path: Path) -> None:
+    """The server's pid comes on the command line: a worker that finds another parent once
+    its engines are loaded (its server killed meanwhile) never listens, and exits."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path = tmp_path / "orphan.sock"
+    with (tmp_path / "orphan.log").open("wb") as sink:
+        orphan = subprocess.Popen([sys.executable, "-m", "vlab_backend.runners.warm", "--",
+                                   str(path), "", str(gone.pid)], cwd=tmp_path,
+                                  env={**os.environ, "CI": "true"}, stdout=sink, stderr=sink)
+    assert orphan.wait(timeout=120) == 0
+    assert not path.exists()
+
+
 def test_engine_preloads_follow_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     preloads = engine_preloads()
     for module in ("vlab_backend.engines.onnxruntime_engine", "onnxruntime", "openvino",

@@ -289,11 +289,16 @@ def _report_exit(connection: socket.socket, pid: int) -> None:
 READY_LINE = "vlab warm worker ready on cores"
 
 
-def serve(socket_path: Path, cores: set[int]) -> None:
+def serve(socket_path: Path, cores: set[int], parent: int | None = None) -> None:
+    """Take runs on `socket_path` until told to stop or until the server that started it
+    (`parent`, its pid) is gone; a worker whose server died while it started never listens."""
     if cores:
         os.sched_setaffinity(0, cores)
     preload()
-    parent = os.getppid()
+    if parent is None:
+        parent = os.getppid()
+    if os.getppid() != parent:  # the server died while the engines loaded
+        return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     socket_path.unlink(missing_ok=True)
@@ -353,7 +358,7 @@ class WarmPool:
             # start-up environment, so the worker starts with a job's, not the server's.
             proc = self._subprocess.Popen(
                 [sys.executable, "-m", "vlab_backend.runners.warm", "--", str(path),
-                 ",".join(str(c) for c in cores)], env=job_environment(),
+                 ",".join(str(c) for c in cores), str(os.getpid())], env=job_environment(),
                 stdin=self._subprocess.DEVNULL)
             worker = (proc, path)
             self._workers[key] = worker
@@ -378,8 +383,10 @@ class WarmPool:
 
 
 def main(argv: list[str]) -> None:
-    socket_path, cores = argv[1:] if argv[:1] == ["--"] else argv
-    serve(Path(socket_path), {int(c) for c in cores.split(",") if c})
+    """`[--] SOCKET CORES [SERVER_PID]`: CORES comma-separated (empty for all)."""
+    socket_path, cores, *parent = argv[1:] if argv[:1] == ["--"] else argv
+    serve(Path(socket_path), {int(c) for c in cores.split(",") if c},
+          int(parent[0]) if parent else None)
 
 
 if __name__ == "__main__":
