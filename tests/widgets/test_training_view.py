@@ -137,21 +137,25 @@ def test_a_failed_training_says_why(lab: Lab, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_host_cpu_training_live(server: LiveServer, small_onnx: Path, tmp_path: Path) -> None:
+def test_a_host_cpu_training_live(fresh_server: LiveServer, small_onnx: Path,
+                                  tmp_path: Path) -> None:
     """onnxruntime-training on this machine: the view follows the run from before it starts,
     plots the curves of the epochs done while it runs (its progress events carry them), and
-    ends with the report's curves, epoch times and figures."""
+    ends with the report's curves, epoch times and figures. On a server of its own: every
+    instance a training could take is known, and held busy until the view follows."""
     from tests.models import digits_mlp, digits_split
 
-    lab = Lab(VlabClient(Connection(server.url, server.token)))
+    lab = Lab(VlabClient(Connection(fresh_server.url, fresh_server.token)))
     x, y, xt, yt = digits_split()
-    # Every host-cpu instance busy, so the training waits while its view starts following.
-    instances = len(lab.targets().query("target == 'host-cpu'"))
+    instances = lab.targets().query("target == 'host-cpu'")
+    assert all("synthetic" in engines for engines in instances["engines"])
     blockers = [lab.benchmark(small_onnx, "host-cpu", "synthetic", runs=5,
-                              params={"min_time_s": 600}) for _ in range(instances)]
+                              params={"min_time_s": 600}) for _ in range(len(instances))]
+    wait_for(lambda: all(blocker.status == "running" for blocker in blockers))
     run = lab.train(digits_mlp(tmp_path / "mlp.onnx"), "host-cpu", "onnxruntime",
                     train=(x, y), test=(xt, yt), epochs=5, learning_rate=0.01)
     view = TrainingView(lab, run)
+    assert view.info["status"] == "pending", view.info
     plotted: list[tuple[str, list[int]]] = []
     plot = view._plot
 
@@ -162,7 +166,6 @@ def test_a_host_cpu_training_live(server: LiveServer, small_onnx: Path, tmp_path
     view._plot = recording  # type: ignore[method-assign]
     try:
         wait_for(view._follower.connected.is_set)
-        assert view.info["status"] == "pending"
         for blocker in blockers:
             blocker.cancel()
         wait_for(view.loaded.is_set)
