@@ -285,4 +285,10 @@ class QueueView(w.VBox):
 
     def close(self) -> None:
         self.stop()
+        with self._lock:
+            for row in self._rows.values():
+                row.close()
+            self._rows = {}
+            for widget in (*self._header, self._empty, *([self._grid] if self._grid else [])):
+                widget.close()
         super().close()
