@@ -20,8 +20,9 @@ from vlab_kernel.errors import ConnectionFailed, VlabError, error_for
 from vlab_kernel.lab import Lab
 from vlab_kernel.units import MIB, MS, sig3
 
-__all__ = ["MIB", "MS", "STOP_WAIT_S", "EventFollower", "Message", "in_background", "side_by_side",
-           "side_by_side_html", "side_by_side_text", "sig3", "stability_text"]
+__all__ = ["MIB", "MS", "STOP_WAIT_S", "EventFollower", "LiveView", "Message", "RunView",
+           "in_background", "side_by_side", "side_by_side_html", "side_by_side_text", "sig3",
+           "stability_text"]
 
 # How long a view's stop() waits for its follower's thread (it ends at once unless it is
 # inside a callback).
@@ -252,3 +253,61 @@ class LiveView:
     def close(self) -> None:
         self.stop()
         super().close()  # type: ignore[misc]
+
+
+class RunView(LiveView):
+    """A view of one benchmark run (`RunPage`, `TrainingView`): its state read from the API
+    and followed on the run's events. The view sets `lab`, `info` and `_lock`, and defines
+    `run_id`, `_draw_state(info)` (show a state), `_on_end()` (load what an ended run has)
+    and, if it shows more of a progress event, `_on_progress(progress)`."""
+
+    lab: Lab
+    info: dict[str, Any]
+    _lock: threading.RLock
+
+    @property
+    def run_id(self) -> str:
+        raise NotImplementedError
+
+    def _draw_state(self, info: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _on_end(self) -> None:
+        raise NotImplementedError
+
+    def _on_progress(self, progress: dict[str, Any]) -> None:
+        """What a view shows of a progress event beyond the count (nothing by default)."""
+
+    def _state(self) -> dict[str, Any]:
+        return self.info
+
+    def refresh(self) -> None:
+        """Ask the server for the run's state; an ended run's details are loaded once."""
+        try:
+            info = self.lab.client.benchmark(self.run_id)
+        except Exception as error:
+            self.message.show_error(error)
+            return
+        if not self._show_state(info):
+            return
+        if info["status"] in TERMINAL:
+            self._on_end()
+        self.add_class("vlab-ready")  # type: ignore[attr-defined]
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "progress" and self.info:
+            progress = event.get("progress") or {}
+            if self._show_state({**self.info, "status": event.get("status", "running"),
+                                 "progress": progress}):
+                self._on_progress(progress)
+            return
+        self.refresh()
+
+    def _show_state(self, info: dict[str, Any]) -> bool:
+        """Show the state; False (nothing shown) for one that `_outdated` rejects."""
+        with self._lock:
+            if self._outdated(info):
+                return False
+            self.info = info
+            self._draw_state(info)
+        return True

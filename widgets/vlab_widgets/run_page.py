@@ -20,8 +20,8 @@ from vlab_widgets.common import (
     MIB,
     MS,
     EventFollower,
-    LiveView,
     Message,
+    RunView,
     side_by_side_html,
     sig3,
     stability_text,
@@ -110,7 +110,7 @@ def _pre(text: str) -> str:
             f"{html.escape(text)}</pre>")
 
 
-class RunPage(LiveView, w.VBox):
+class RunPage(RunView, w.VBox):
     """Everything about one benchmark: `RunPage(lab, "abc123")`, or `RunPage(lab, bench)` for
     a `Benchmark` from `lab.benchmark(...)` or `lab.get(id)`. Live while it is unfinished (its
     own event stream; `live=False` shows it once), with Cancel until it ends."""
@@ -163,65 +163,40 @@ class RunPage(LiveView, w.VBox):
     def bench_id(self) -> str:
         return self.bench.id
 
-    def _state(self) -> dict[str, Any]:
-        return self.info
+    @property
+    def run_id(self) -> str:
+        return self.bench_id
 
     # -- state -----------------------------------------------------------------------------
-    def refresh(self) -> None:
-        """Ask the server for the run's state; a finished run's details are loaded once."""
-        try:
-            info = self.lab.client.benchmark(self.bench_id)
-        except Exception as error:
-            self.message.show_error(error)
-            return
-        if not self._show_state(info):
-            return
-        if info["status"] in TERMINAL:
-            self._load_details()
-        self.add_class("vlab-ready")
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        if event.get("event") == "progress" and self.info:
-            self._show_state({**self.info, "status": event.get("status", "running"),
-                              "progress": event.get("progress") or {}})
-            return
-        self.refresh()
-
-    def _show_state(self, info: dict[str, Any]) -> bool:
-        """Show the state; False (nothing shown) for one that `_outdated` rejects."""
-        with self._lock:
-            if self._outdated(info):
-                return False
-            self.info = info
-            status = str(info.get("status"))
-            where = info.get("target_uid") or info.get("device") or "?"
-            self.title.value = (
-                f'<h3 class="vlab-run-title">Run {html.escape(self.bench_id)}</h3>'
-                f"<div>{html.escape(str(info.get('model')))} · "
-                f"{html.escape(str(info.get('engine')))} · {html.escape(str(where))} · "
-                f"{html.escape(str(info.get('benchmark_type', '')))}, "
-                f"{info.get('nb_inference', '?')} inferences requested</div>")
-            progress = info.get("progress") or {}
-            phase = progress.get("phase") or ""
-            total, done = int(progress.get("total") or 0), int(progress.get("done") or 0)
-            detail = f" · {phase} {min(done, total)}/{total}" if total and status == "running" \
-                else (f" · {phase}" if phase and status == "running" else "")
-            color = STATUS_COLORS.get(status, "#333")
-            self.status.value = (f'<span class="vlab-run-status vlab-status-{status}" '
-                                 f'style="color:{color};font-weight:bold">{status}</span>'
-                                 f"{html.escape(detail)}")
-            unfinished = status not in TERMINAL
-            self.progress.max = max(total, 1)
-            self.progress.value = min(done, total) if total else 0
-            self.progress.bar_style = {"success": "success", "failed": "danger",
-                                       "canceled": "danger"}.get(status, "")
-            if status == "success":
-                self.progress.value = self.progress.max
-            self.cancel.layout.display = None if unfinished else "none"
-            self.cancel.disabled = not unfinished
-            self.reason.value = self._reason_html(info)
-            self.warnings.value = self._warnings_html()
-        return True
+    def _draw_state(self, info: dict[str, Any]) -> None:
+        status = str(info.get("status"))
+        where = info.get("target_uid") or info.get("device") or "?"
+        self.title.value = (
+            f'<h3 class="vlab-run-title">Run {html.escape(self.bench_id)}</h3>'
+            f"<div>{html.escape(str(info.get('model')))} · "
+            f"{html.escape(str(info.get('engine')))} · {html.escape(str(where))} · "
+            f"{html.escape(str(info.get('benchmark_type', '')))}, "
+            f"{info.get('nb_inference', '?')} inferences requested</div>")
+        progress = info.get("progress") or {}
+        phase = progress.get("phase") or ""
+        total, done = int(progress.get("total") or 0), int(progress.get("done") or 0)
+        detail = f" · {phase} {min(done, total)}/{total}" if total and status == "running" \
+            else (f" · {phase}" if phase and status == "running" else "")
+        color = STATUS_COLORS.get(status, "#333")
+        self.status.value = (f'<span class="vlab-run-status vlab-status-{status}" '
+                             f'style="color:{color};font-weight:bold">{status}</span>'
+                             f"{html.escape(detail)}")
+        unfinished = status not in TERMINAL
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, total) if total else 0
+        self.progress.bar_style = {"success": "success", "failed": "danger",
+                                   "canceled": "danger"}.get(status, "")
+        if status == "success":
+            self.progress.value = self.progress.max
+        self.cancel.layout.display = None if unfinished else "none"
+        self.cancel.disabled = not unfinished
+        self.reason.value = self._reason_html(info)
+        self.warnings.value = self._warnings_html()
 
     def _reason_html(self, info: dict[str, Any]) -> str:
         status = info.get("status")
@@ -241,7 +216,7 @@ class RunPage(LiveView, w.VBox):
             if self.info.get("status") == "success" else ""
         return verdict + side_by_side_html(metrics)
 
-    def _load_details(self) -> None:
+    def _on_end(self) -> None:
         """Report, logs, profile and latencies of the finished run (each where it exists)."""
         with self._lock:
             if self.loaded.is_set():

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from vlab_kernel.client import TERMINAL
 from vlab_kernel.lab import CURVES, Benchmark, Lab, Training, connect, training_curves
 from vlab_kernel.units import MIB, sig3
-from vlab_widgets.common import EventFollower, LiveView, Message
+from vlab_widgets.common import EventFollower, Message, RunView
 from vlab_widgets.plots import MARGIN
 
 STATUS_COLORS = {"success": "#2e7d32", "failed": "#b00020", "canceled": "#b00020",
@@ -117,7 +117,7 @@ def download_hint(run_id: str) -> str:
             "benchmark it like any model.</div>")
 
 
-class TrainingView(LiveView, w.VBox):
+class TrainingView(RunView, w.VBox):
     """One training run: `TrainingView(lab, run)` with the `Training` of `lab.train(...)` or
     its id. Live while it runs (its own event stream; `live=False` shows it once): the curves
     grow as epochs end, Cancel stays until it ends; a failed run says why."""
@@ -160,34 +160,9 @@ class TrainingView(LiveView, w.VBox):
     def run_id(self) -> str:
         return self.run.id
 
-    def _state(self) -> dict[str, Any]:
-        return self.info
-
-    def refresh(self) -> None:
-        """Ask the server for the run's state and curves; a finished run's report is loaded
-        once."""
-        try:
-            info = self.lab.client.benchmark(self.run_id)
-        except Exception as error:
-            self.message.show_error(error)
-            return
-        if not self._show_state(info):
-            return
-        if info["status"] in TERMINAL:
-            self._load_report()
-        self.add_class("vlab-ready")
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        if event.get("event") == "progress" and self.info:
-            progress = event.get("progress") or {}
-            if self._show_state({**self.info, "status": event.get("status", "running"),
-                                 "progress": progress}):
-                self._show_curves(curves_from_progress(progress.get("curves")))
-            return
-        self.refresh()
-
-    def _show_curves(self, curves: pd.DataFrame) -> None:
+    def _on_progress(self, progress: dict[str, Any]) -> None:
         """The curves so far of a running training (each progress event carries them)."""
+        curves = curves_from_progress(progress.get("curves"))
         with self._lock:
             if curves.empty or self.finished or curves.equals(self.curves):
                 return
@@ -205,39 +180,33 @@ class TrainingView(LiveView, w.VBox):
         if not curves.empty:
             self.curves = curves
 
-    def _show_state(self, info: dict[str, Any]) -> bool:
-        """Show the state; False (nothing shown) for one that `_outdated` rejects."""
-        with self._lock:
-            if self._outdated(info):
-                return False
-            self.info = info
-            status = str(info.get("status"))
-            where = info.get("target_uid") or info.get("device") or "?"
-            self.title.value = (
-                f'<h3 class="vlab-training-title">Training {html.escape(self.run_id)}</h3>'
-                f"<div>{html.escape(str(info.get('model')))} · "
-                f"{html.escape(str(info.get('engine')))} · {html.escape(str(where))}</div>")
-            progress = info.get("progress") or {}
-            total, done = int(progress.get("total") or 0), int(progress.get("done") or 0)
-            detail = f" · epoch {min(done, total)}/{total}" if total and status == "running" \
-                else ""
-            color = STATUS_COLORS.get(status, "#333")
-            self.status.value = (f'<span class="vlab-run-status vlab-status-{status}" '
-                                 f'style="color:{color};font-weight:bold">{status}</span>'
-                                 f"{html.escape(detail)}")
-            # Once the report is in, its epochs count: a late event does not reset the bar.
-            if not self.loaded.is_set():
-                self.progress.max = max(total, 1)
-                self.progress.value = min(done, total) if total else 0
-                if status == "success":
-                    self.progress.value = self.progress.max
-            self.progress.bar_style = {"success": "success", "failed": "danger",
-                                       "canceled": "danger"}.get(status, "")
-            unfinished = status not in TERMINAL
-            self.cancel.layout.display = None if unfinished else "none"
-            self.cancel.disabled = not unfinished
-            self.reason.value = self._reason_html(info)
-        return True
+    def _draw_state(self, info: dict[str, Any]) -> None:
+        status = str(info.get("status"))
+        where = info.get("target_uid") or info.get("device") or "?"
+        self.title.value = (
+            f'<h3 class="vlab-training-title">Training {html.escape(self.run_id)}</h3>'
+            f"<div>{html.escape(str(info.get('model')))} · "
+            f"{html.escape(str(info.get('engine')))} · {html.escape(str(where))}</div>")
+        progress = info.get("progress") or {}
+        total, done = int(progress.get("total") or 0), int(progress.get("done") or 0)
+        detail = f" · epoch {min(done, total)}/{total}" if total and status == "running" \
+            else ""
+        color = STATUS_COLORS.get(status, "#333")
+        self.status.value = (f'<span class="vlab-run-status vlab-status-{status}" '
+                             f'style="color:{color};font-weight:bold">{status}</span>'
+                             f"{html.escape(detail)}")
+        # Once the report is in, its epochs count: a late event does not reset the bar.
+        if not self.loaded.is_set():
+            self.progress.max = max(total, 1)
+            self.progress.value = min(done, total) if total else 0
+            if status == "success":
+                self.progress.value = self.progress.max
+        self.progress.bar_style = {"success": "success", "failed": "danger",
+                                   "canceled": "danger"}.get(status, "")
+        unfinished = status not in TERMINAL
+        self.cancel.layout.display = None if unfinished else "none"
+        self.cancel.disabled = not unfinished
+        self.reason.value = self._reason_html(info)
 
     def _reason_html(self, info: dict[str, Any]) -> str:
         status = info.get("status")
@@ -254,7 +223,7 @@ class TrainingView(LiveView, w.VBox):
         return (f'<div class="vlab-run-reason" style="color:#b00020"><b>{why}:</b> '
                 f"{html.escape(reason)}</div>")
 
-    def _load_report(self) -> None:
+    def _on_end(self) -> None:
         with self._lock:
             if self.loaded.is_set():
                 return
